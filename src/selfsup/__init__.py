@@ -1,0 +1,41 @@
+"""selfsup: self-supervised learning for vision, from unlabeled images to few-label results."""
+
+__version__ = "0.1.0"
+
+from selfsup import methods as methods  # registers the built-in methods
+from selfsup.api import (
+    build_method,
+    create_method,
+    evaluate_knn,
+    evaluate_linear,
+    extract,
+    list_methods,
+    load_config,
+    load_method,
+    make_config,
+    pretrain,
+)
+from selfsup.config import Config, ConfigError
+from selfsup.methods.base import Method, StepInfo
+from selfsup.registry import register_method
+from selfsup.train import Trainer
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Method",
+    "StepInfo",
+    "Trainer",
+    "__version__",
+    "build_method",
+    "create_method",
+    "evaluate_knn",
+    "evaluate_linear",
+    "extract",
+    "list_methods",
+    "load_config",
+    "load_method",
+    "make_config",
+    "pretrain",
+    "register_method",
+]

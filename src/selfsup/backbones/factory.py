@@ -1,0 +1,142 @@
+"""Build a backbone by name: torchvision ResNets (with a small-image stem) or any timm model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfsup.config import BackboneConfig, ConfigError
+from selfsup.registry import UnknownNameError, closest
+
+TORCHVISION_RESNETS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+)
+
+# Images at or below this size get the small-image ResNet stem when small_stem is None.
+SMALL_STEM_MAX_SIZE = 64
+
+
+class Backbone(nn.Module):
+    """Wraps a feature network: ``forward(x: (B, C, H, W)) -> (B, embed_dim)``."""
+
+    embed_dim: int
+
+    def __init__(self, net: nn.Module, embed_dim: int, name: str) -> None:
+        super().__init__()
+        self.net = net
+        self.embed_dim = embed_dim
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        if out.ndim != 2:  # e.g. timm models built with global_pool="" by the user
+            out = out.flatten(2).mean(-1) if out.ndim == 4 else out.mean(1)
+        return out
+
+
+def _resnet(name: str, small_stem: bool, in_chans: int) -> Backbone:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if small_stem:
+        # CIFAR-style stem (He et al. 2016, Sec. 4.2; SimCLR Appendix B.9): a 3x3 stride-1
+        # convolution and no max-pool, so 32 px inputs keep enough spatial resolution.
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_chans != 3:
+        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Backbone(net, dim, name)
+
+
+def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, Any]) -> Backbone:
+    import timm
+
+    if not timm.list_models(name) and not timm.is_model(name):
+        hint = closest(name, timm.list_models())
+        did = f" Did you mean {', '.join('timm:' + h for h in hint)}?" if hint else ""
+        raise UnknownNameError(
+            f"unknown timm model {name!r}.{did} List them with python -c "
+            "\"import timm; print(timm.list_models('vit*'))\"."
+        )
+    args: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    args.update(kwargs)
+    if image_size is not None and "img_size" not in args:
+        try:  # ViT-like models need to know the input size for their position embeddings.
+            net = timm.create_model(name, img_size=image_size, **args)
+        except TypeError:
+            net = timm.create_model(name, **args)
+    else:
+        net = timm.create_model(name, **args)
+    return Backbone(net, int(net.num_features), "timm:" + name)
+
+
+def list_backbones() -> list[str]:
+    """Torchvision names built in; any ``timm:<name>`` works too."""
+    return [*TORCHVISION_RESNETS, "timm:<any timm model>"]
+
+
+def create_backbone(cfg: BackboneConfig, image_size: int | None = None) -> Backbone:
+    """Build the backbone described by ``cfg`` for images of ``image_size`` pixels."""
+    name = cfg.name
+    if name.startswith("timm:"):
+        bb = _timm(name[5:], cfg.in_chans, image_size, dict(cfg.kwargs))
+    elif name in TORCHVISION_RESNETS:
+        small = cfg.small_stem
+        if small is None:
+            small = image_size is not None and image_size <= SMALL_STEM_MAX_SIZE
+        if cfg.kwargs:
+            raise ConfigError(
+                f"backbone.kwargs is for timm models; {name} takes none (got {dict(cfg.kwargs)})."
+            )
+        bb = _resnet(name, small, cfg.in_chans)
+    else:
+        hint = closest(name, list(TORCHVISION_RESNETS))
+        did = f" Did you mean {', '.join(hint)}?" if hint else ""
+        raise UnknownNameError(
+            f"unknown backbone {name!r}.{did} Use one of {', '.join(TORCHVISION_RESNETS)} "
+            "or any timm model as timm:<name> (e.g. timm:vit_tiny_patch16_224)."
+        )
+    if cfg.weights:
+        load_weights(bb, cfg.weights)
+    return bb
+
+
+def load_weights(bb: Backbone, path: str) -> None:
+    """Load a local state dict (``.pt``/``.pth`` without code execution, or ``.safetensors``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"backbone.weights file {path!r} does not exist.")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"backbone.weights file {path!r} does not hold a state dict.")
+    target = bb.net
+    own = target.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not set(state) & set(own) and all(k.startswith("net.") for k in state):
+        state = {k[4:]: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if missing:
+        raise ConfigError(
+            f"backbone.weights {path!r} does not fit {bb.name}: {len(missing)} missing keys "
+            f"(first: {missing[:3]}); unexpected: {unexpected[:3]}."
+        )

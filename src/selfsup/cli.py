@@ -1,0 +1,385 @@
+"""The ``selfsup`` command line. Every command is a thin layer over :mod:`selfsup.api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from selfsup import __version__
+
+EPILOG_PRETRAIN = """\
+any config key can be set after the options as key=value, e.g.
+  selfsup pretrain --method simclr --data DIR --out runs/a optim.lr=0.3 method.temperature=0.2
+see every key and its default with: selfsup config --method simclr
+
+examples:
+  selfsup pretrain --method simclr --data ../shared/datasets/cifar10/train --out runs/simclr --max-time 10m
+  selfsup pretrain --resume runs/simclr                   # continue exactly where it stopped
+  selfsup pretrain --config configs/simclr_cifar10.yaml --out runs/b train.batch_size=128
+"""
+
+
+def _defaults(method: str = "simclr") -> dict[str, Any]:
+    from selfsup import config as C
+
+    return C.flat_defaults(C.Config(method=C.method_config_class(method)()))
+
+
+def _fmt_default(v: Any) -> str:
+    if v is None:
+        return "unset"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+# (flag, config key or None, type, help). Help strings carry tuning advice; defaults are
+# read from the config dataclasses so --help never drifts from the code.
+PRETRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--data", "data.path", str, "folder of images (any depth; class sub-folders are ignored "
+     "for pretraining) or a named set: cifar10, cifar100, stl10"),
+    ("--data-root", "data.root", str, "where a named set is read from or downloaded to"),
+    ("--image-size", "data.image_size", int, "training resolution in px (unset: the images' "
+     "own size up to 64 px, else 224)"),
+    ("--limit", "data.limit", int, "use at most this many images (class-balanced subset)"),
+    ("--workers", "data.num_workers", int, "data-loading processes (-1: up to 4)"),
+    ("--bad-files", "data.bad_files", str, "unreadable images: skip (listed in skipped.txt) or fail"),
+    ("--backbone", "backbone.name", str, "resnet18, resnet50, ... or any timm model as "
+     "timm:NAME (e.g. timm:vit_tiny_patch16_224)"),
+    ("--small-stem", "backbone.small_stem", "bool", "ResNet 3x3 stem without max-pool "
+     "(true/false; unset: automatic for images of 64 px or less)"),
+    ("--epochs", "train.epochs", int, "passes over the data (with no budget at all: 100)"),
+    ("--steps", "train.steps", int, "optimiser steps"),
+    ("--max-time", "train.max_time", str, "time budget such as 90s, 10m, 1h30m; schedules "
+     "follow it and a checkpoint is written when it runs out"),
+    ("--batch-size", "train.batch_size", int, "images per step (each gives one image per "
+     "view); contrastive methods like large batches, but on a CPU 128-256 trains fastest per "
+     "second"),
+    ("--lr", "optim.lr", float, "learning rate for a batch of 256 (scaled linearly with the "
+     "batch size)"),
+    ("--optimizer", "optim.name", str, "sgd, lars (large batches) or adamw (ViTs)"),
+    ("--precision", "train.precision", str, "auto, bf16, fp16 or fp32; auto picks bf16 on GPUs "
+     "and on CPUs with fast bf16 (AVX-512 bf16 / AMX), about 2x faster than fp32"),
+    ("--device", "train.device", str, "auto, cpu, cuda, cuda:N"),
+    ("--seed", "train.seed", int, "seed for weights, data order and augmentations"),
+    ("--threads", "train.threads", int, "CPU threads for the model (unset: one per core)"),
+    ("--compile", "train.compile", "bool", "torch.compile the model (true/false)"),
+    ("--val-data", "monitor.val_path", str, "labelled folder for the online kNN monitor "
+     "(unset: hold out monitor.holdout labelled training images when labels exist)"),
+]
+
+
+def _bool(text: str) -> bool:
+    t = text.lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = _defaults()
+    p = argparse.ArgumentParser(
+        prog="selfsup",
+        description="Self-supervised pretraining for vision: learn from unlabeled images, "
+        "then measure what was learned with few labels.",
+        formatter_class=_Formatter,
+        epilog="run `selfsup COMMAND --help` for each command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"selfsup {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    # -- pretrain
+    pt = sub.add_parser(
+        "pretrain", help="train a self-supervised method on unlabeled images",
+        description="Pretrain a self-supervised method. Writes config.yaml, metrics.csv, "
+        "tensorboard/, checkpoints/last.pt and summary.json into --out.",
+        formatter_class=_Formatter, epilog=EPILOG_PRETRAIN,
+    )  # fmt: skip
+    pt.add_argument("--method", default=None,
+                    help="method name, see `selfsup methods` (default: simclr, or the config's)")
+    pt.add_argument("--out", default=None, help="run folder (default: runs/<method>)")
+    pt.add_argument("--config", default=None, help="YAML config file (default: none)")
+    pt.add_argument("--resume", default=None, metavar="RUN",
+                    help="continue a run folder exactly (step, LR, optimizer, RNG) "
+                    "(default: none)")
+    pt.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out folder (default: false)")
+    for flag, key, typ, help_ in PRETRAIN_FLAGS:
+        conv = _bool if typ == "bool" else typ
+        pt.add_argument(flag, dest=key, type=conv, default=None,
+                        metavar=flag[2:].upper().replace("-", "_"),
+                        help=f"{help_} (default: {_fmt_default(defaults.get(key))})")
+    pt.add_argument("--no-progress", action="store_true",
+                    help="no progress bar (default: shown)")
+    pt.add_argument("--print-config", action="store_true",
+                    help="print the resolved config and exit (default: false)")
+    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides, e.g. optim.lr=0.3 method.temperature=0.2")
+
+    # -- eval
+    ev = sub.add_parser("eval", help="evaluate a checkpoint: knn, linear",
+                        formatter_class=_Formatter,
+                        description="Evaluate frozen features of a checkpoint.")
+    evs = ev.add_subparsers(dest="protocol", metavar="PROTOCOL")
+    knn = evs.add_parser("knn", help="weighted k-nearest-neighbour accuracy",
+                         formatter_class=_Formatter,
+                         description="kNN on frozen features: cosine similarity to the "
+                         "training features, votes weighted by exp(similarity/temperature).")
+    lin = evs.add_parser("linear", help="linear probe with a learning-rate sweep",
+                         formatter_class=_Formatter,
+                         description="Linear probe on frozen features computed once and "
+                         "cached. A sweep of learning rates and weight decays trains in "
+                         "parallel; the best on a validation split carved from --train is "
+                         "applied once to --test.")
+    for e in (knn, lin):
+        e.add_argument("--checkpoint", default=None, metavar="RUN",
+                       help="run folder or checkpoint file (default: none; required unless "
+                       "--random-init with --backbone)")
+        e.add_argument("--train", required=True,
+                       help="labelled training images: folder with class sub-folders or a "
+                       "named set")
+        e.add_argument("--test", required=True, help="labelled test images (folder or named set)")
+        e.add_argument("--data-root", default=None,
+                       help="where named sets are read from (default: ~/.cache/selfsup/data)")
+        e.add_argument("--random-init", action="store_true",
+                       help="evaluate the untrained network with the run's initial weights "
+                       "(the floor) instead of the trained one (default: false)")
+        e.add_argument("--floor", action="store_true",
+                       help="evaluate both the trained and the random-init network and show "
+                       "the gain (default: false)")
+        e.add_argument("--backbone", default="resnet18",
+                       help="backbone for --random-init without a checkpoint (default: resnet18)")
+        e.add_argument("--image-size", type=int, default=None,
+                       help="resolution (default: the checkpoint's, else automatic)")
+        e.add_argument("--limit-train", type=int, default=None,
+                       help="use at most this many training images (default: all)")
+        e.add_argument("--limit-test", type=int, default=None,
+                       help="use at most this many test images (default: all)")
+        e.add_argument("--batch-size", type=int, default=256,
+                       help="feature extraction batch (default: 256)")
+        e.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+        e.add_argument("--precision", default="auto",
+                       help="auto, bf16, fp32 for feature extraction (default: auto)")
+        e.add_argument("--no-cache", action="store_true",
+                       help="do not read or write <run>/eval_cache features (default: cache)")
+        e.add_argument("--json", action="store_true",
+                       help="print one JSON object on stdout instead of a table (default: false)")
+        e.add_argument("--progress", action="store_true",
+                       help="show feature extraction progress (default: false)")
+    knn.add_argument("--k", type=int, default=200, help="neighbours that vote (default: 200)")
+    knn.add_argument("--temperature", type=float, default=0.1,
+                     help="vote weight exp(sim/T); lower values trust the nearest "
+                     "neighbours more (default: 0.1)")
+    lin.add_argument("--lrs", default=",".join(str(x) for x in _lin_defaults()[0]),
+                     help="comma-separated learning rates to sweep (default: %(default)s)")
+    lin.add_argument("--wds", default=",".join(str(x) for x in _lin_defaults()[1]),
+                     help="comma-separated weight decays to sweep (default: %(default)s)")
+    lin.add_argument("--epochs", type=int, default=30,
+                     help="epochs over the cached features (default: 30)")
+    lin.add_argument("--val-fraction", type=float, default=0.1,
+                     help="fraction of --train held out to choose the sweep's winner "
+                     "(default: 0.1)")
+
+    # -- methods, config
+    me = sub.add_parser("methods", help="list registered methods", formatter_class=_Formatter,
+                        description="List the registered self-supervised methods.")
+    me.add_argument("--json", action="store_true", help="print JSON (default: false)")
+    cf = sub.add_parser("config", help="print a method's full default config as YAML",
+                        formatter_class=_Formatter,
+                        description="Print every config key with its default (YAML), ready "
+                        "to edit and pass back with --config.")
+    cf.add_argument("--method", default="simclr", help="method name (default: simclr)")
+    return p
+
+
+def _lin_defaults() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from selfsup.eval.linear import DEFAULT_LRS, DEFAULT_WDS
+
+    return DEFAULT_LRS, DEFAULT_WDS
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from selfsup import api
+    from selfsup import config as C
+
+    values = {key: getattr(a, key) for _, key, _, _ in PRETRAIN_FLAGS}
+    options = {short: values[key] for short, key in api.SHORTCUTS.items() if key in values}
+    options = {k: v for k, v in options.items() if v is not None}
+    if a.print_config:
+        if a.resume:
+            from selfsup.train import checkpoint as ckpt_io
+
+            saved = ckpt_io.load(a.resume)["config"]
+            cfg = api.make_config(config=saved, overrides=a.overrides, **options)
+        else:
+            cfg = api.make_config(a.method, a.config, a.overrides, **options)
+        print(C.to_yaml(cfg), end="")
+        return 0
+    out = a.out
+    if out is None and a.resume is None:
+        name = a.method or "simclr"
+        if a.config and not a.method:
+            name = api.make_config(None, a.config, a.overrides, **options).method.name
+        out = os.path.join("runs", name)
+    result = api.pretrain(
+        a.method, out=out, config=a.config, overrides=a.overrides, resume=a.resume,
+        overwrite=a.overwrite, progress=not a.no_progress, **options,
+    )  # fmt: skip
+    s = result.state
+    line = (
+        f"done ({result.stopped_by}): {s.step} steps, {s.images_seen} images, "
+        f"{s.elapsed:.0f}s training, {result.images_per_s:.1f} img/s, peak memory "
+        f"{result.peak_memory_mb:.0f} MiB"
+    )
+    if result.monitor:
+        line += f", kNN monitor top-1 {result.monitor['knn_top1']:.2f}%"
+    print(line)
+    print(f"run folder: {result.out_dir}")
+    return 0
+
+
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from selfsup import api
+    from selfsup.config import ConfigError
+
+    if a.protocol is None:
+        raise ConfigError("choose a protocol: selfsup eval knn ... or selfsup eval linear ...")
+    if a.checkpoint is None and not a.random_init:
+        raise ConfigError("pass --checkpoint RUN (or --random-init to evaluate an untrained net).")
+    if a.floor and a.checkpoint is None:
+        raise ConfigError("--floor compares a checkpoint with its random init: pass --checkpoint.")
+
+    def model_for(random_init: bool) -> Any:
+        if a.checkpoint is not None:
+            return a.checkpoint
+        cfg = api.make_config("simclr", backbone=a.backbone, image_size=a.image_size or 32)
+        return api.build_method(cfg).feature_extractor()
+
+    kw: dict[str, Any] = dict(
+        data_root=a.data_root, image_size=a.image_size, batch_size=a.batch_size,
+        device=a.device, precision=a.precision, limit_train=a.limit_train,
+        limit_test=a.limit_test, progress=a.progress, cache=not a.no_cache,
+    )  # fmt: skip
+
+    def run(random_init: bool) -> dict[str, Any]:
+        model = model_for(random_init)
+        extra = {"random_init": random_init} if isinstance(model, str) else {}
+        if a.protocol == "knn":
+            r = api.evaluate_knn(model, a.train, a.test, k=a.k, temperature=a.temperature,
+                                 **kw, **extra)  # fmt: skip
+        else:
+            lrs = tuple(float(x) for x in a.lrs.split(","))
+            wds = tuple(float(x) for x in a.wds.split(","))
+            r = api.evaluate_linear(model, a.train, a.test, lrs=lrs, weight_decays=wds,
+                                    epochs=a.epochs, val_fraction=a.val_fraction, **kw, **extra)  # fmt: skip
+        return r.as_dict()
+
+    main = run(a.random_init)
+    out: dict[str, Any] = {"protocol": a.protocol, "checkpoint": a.checkpoint,
+                           "random_init": a.random_init, **main}  # fmt: skip
+    if a.floor:
+        floor = run(True)
+        out["floor"] = floor
+        out["gain_top1"] = main["top1"] - floor["top1"]
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    what = "random init" if a.random_init else (a.checkpoint or "")
+    rows = [("top-1 (%)", f"{main['top1']:.2f}"), ("top-5 (%)", f"{main['top5']:.2f}")]
+    if a.floor:
+        rows += [
+            ("random-init floor top-1 (%)", f"{out['floor']['top1']:.2f}"),
+            ("gain over floor (points)", f"{out['gain_top1']:+.2f}"),
+        ]
+    if a.protocol == "knn":
+        rows += [("k", str(main["k"])), ("temperature", str(main["temperature"]))]
+    else:
+        rows += [
+            ("validation top-1 (%)", f"{main['val_top1']:.2f}"),
+            ("chosen lr / weight decay", f"{main['lr']} / {main['weight_decay']}"),
+            ("chosen epoch", f"{main['epoch']} of {main['epochs']}"),
+            ("validation images", str(main["n_val"])),
+        ]
+    rows += [
+        ("train images", str(main["n_train"])),
+        ("test images", str(main["n_test"])),
+        ("seconds", f"{main['seconds'] + (out['floor']['seconds'] if a.floor else 0):.1f}"),
+    ]
+    _print_table(f"{a.protocol} evaluation: {what}", rows)
+    return 0
+
+
+def cmd_methods(a: argparse.Namespace) -> int:
+    from selfsup.registry import get_method_class, list_methods
+
+    info = []
+    for name in list_methods():
+        cls = get_method_class(name)
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        info.append({"name": name, "class": cls.__name__, "summary": doc})
+    if a.json:
+        print(json.dumps(info))
+    else:
+        for m in info:
+            print(f"{m['name']:<14} {m['summary']}")
+    return 0
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    from selfsup import config as C
+
+    print(C.to_yaml(C.build_config(method=a.method)), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from selfsup.config import ConfigError
+    from selfsup.data import DataError
+    from selfsup.registry import UnknownNameError
+    from selfsup.train import TrainingError
+    from selfsup.train.checkpoint import CheckpointError
+
+    handlers = {"pretrain": cmd_pretrain, "eval": cmd_eval, "methods": cmd_methods,
+                "config": cmd_config}  # fmt: skip
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, CheckpointError, UnknownNameError, TrainingError) as err:
+        if os.environ.get("SELFSUP_DEBUG"):
+            raise
+        print(f"selfsup: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""Typed configuration: the one home of defaults.
+
+A run is described by :class:`Config`, a tree of dataclasses validated by OmegaConf
+structured configs. Sources are merged in this order, later ones winning:
+
+1. the dataclass defaults (and the chosen method's own ``Config`` dataclass),
+2. a YAML file (``--config file.yaml``),
+3. command-line shortcuts (``--epochs 3`` is ``train.epochs=3``),
+4. dotted overrides (``optim.lr=0.3 method.temperature=0.2``).
+
+Unknown keys and badly typed values raise :class:`ConfigError`, which names the key and
+suggests the closest valid names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from selfsup.registry import get_method_class
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, explained for the user."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; each method subclasses it with its own fields."""
+
+    name: str = "simclr"
+
+
+@dataclass
+class BackboneConfig:
+    # torchvision ResNet name (resnet18, resnet50, wide_resnet50_2, ...) or "timm:<model>".
+    name: str = "resnet18"
+    # ResNet stem for small images (3x3 conv, stride 1, no max-pool). None: automatic, used
+    # when images are 64 px or smaller (CIFAR, STL-10 at 64, MedMNIST).
+    small_stem: bool | None = None
+    # Input channels: 3 for colour; grayscale images are repeated to 3 unless this is 1.
+    in_chans: int = 3
+    # Optional local state-dict file to start from (never downloaded at run time).
+    weights: str | None = None
+    # Extra keyword arguments for timm.create_model (e.g. {patch_size: 4} for ViTs on 32 px).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    # A folder of images (any depth; class sub-folders give labels for monitors and
+    # evaluation, ignored by pretraining) or a named set: cifar10, cifar100, stl10.
+    path: str | None = None
+    # Where a named set lives or is downloaded to (an ImageFolder layout with
+    # train/<class>/ is also accepted here).
+    root: str | None = None
+    # Allow torchvision to download a named set that is not found under `root`.
+    download: bool = True
+    # Training resolution in pixels. None: the median image size when it is 64 px or
+    # less (CIFAR, MedMNIST), else 224.
+    image_size: int | None = None
+    # Per-channel normalisation. ImageNet statistics by default.
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # Data-loading worker processes. -1: min(4, CPU cores). On a small CPU the model, not
+    # the data, bounds the speed, so 2 workers suffice.
+    num_workers: int = -1
+    # Use at most this many images (a class-balanced, seeded subset) for quick experiments.
+    limit: int | None = None
+    # Unreadable images: skip (use another image, list them in skipped.txt) or fail.
+    bad_files: str = "skip"
+
+
+@dataclass
+class OptimConfig:
+    # sgd (with Nesterov off), lars (SimCLR/BYOL at large batch) or adamw (ViTs).
+    name: str = "sgd"
+    # Learning rate for a batch of 256; the used value is lr * batch / 256 (see lr_scaling).
+    lr: float = 0.06
+    # How lr follows the batch size: linear (lr*B/256), sqrt (lr*sqrt(B/256)) or none.
+    lr_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Linear warm-up, as a fraction of the whole budget (0.05 = the first 5%).
+    warmup: float = 0.0
+    # Final learning rate as a fraction of the peak (cosine decay to it).
+    min_lr: float = 0.0
+    # Keep biases and normalisation weights free of weight decay (and LARS adaptation).
+    exclude_bias_norm: bool = True
+    # Clip the global gradient norm to this value (None: no clipping).
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    # Budgets: training stops at the first one reached; schedules follow it. With none
+    # set, 100 epochs. max_time is a duration such as "90s", "10m", "1h30m".
+    epochs: int | None = None
+    steps: int | None = None
+    max_time: str | None = None
+    batch_size: int = 256
+    # auto: bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with
+    # AVX-512 bf16 / AMX), else fp32. fp16 uses a gradient scaler (CUDA only).
+    precision: str = "auto"
+    # Channels-last memory layout: faster convolutions on CPU and tensor cores.
+    channels_last: bool = True
+    # auto, cpu, cuda, cuda:1, mps.
+    device: str = "auto"
+    seed: int = 0
+    # torch.compile the training step's model (first steps are slow while it compiles).
+    compile: bool = False
+    # Write checkpoints/last.pt at least this often (also at every epoch end and at the end).
+    checkpoint_every: str = "10m"
+    # Log to metrics.csv and TensorBoard every this many steps.
+    log_every: int = 10
+    # Intra-op CPU threads (None: PyTorch's default, one per core).
+    threads: int | None = None
+    # Drop the last incomplete batch of each epoch (contrastive losses like full batches).
+    drop_last: bool = True
+
+
+@dataclass
+class MonitorConfig:
+    # Online kNN accuracy at every epoch end and at the end of training, when labels exist.
+    knn: bool = True
+    # Labelled images held out of pretraining as kNN queries (0 disables the monitor).
+    # Ignored when val_path is given.
+    holdout: int = 1000
+    # A separate labelled folder for the monitor's queries (instead of a held-out part).
+    val_path: str | None = None
+    # Labelled training images used as the kNN memory bank.
+    bank: int = 5000
+    k: int = 20
+    temperature: float = 0.1
+    # Run the monitor every this many epochs.
+    every_epochs: int = 1
+
+
+@dataclass
+class Config:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+
+# ----------------------------------------------------------------------------- durations
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s|min|sec)?", re.IGNORECASE)
+_UNIT = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, None: 1.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"1h30m"`` -> 5400.0 seconds; a bare number means seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    s = text.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        unit = m.group(2).lower() if m.group(2) else None
+        total += float(m.group(1)) * _UNIT[unit]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ConfigError(
+            f"cannot read duration {text!r}: use a number of seconds or units h/m/s, "
+            "such as '90s', '10m' or '1h30m'."
+        )
+    return total
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    cls = get_method_class(name).Config
+    return cls
+
+
+def schema(method: str) -> DictConfig:
+    """The structured config (defaults) for ``method``."""
+    cfg = Config(method=method_config_class(method)())
+    return OmegaConf.structured(cfg)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node._get_node(k), full + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    msg = str(err).splitlines()[0]
+    if key and "not in" in msg:
+        parent, _, leaf = str(key).rpartition(".")
+        siblings = _all_keys(OmegaConf.select(base, parent) if parent else base)
+        siblings = [s for s in siblings if "." not in s]
+        hint = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.5)
+        where = f"'{parent}'" if parent else "the top level"
+        text = f"unknown config key '{key}' (from {source})."
+        if hint:
+            text += f" Did you mean {', '.join(f'{parent}.{h}' if parent else h for h in hint)}?"
+        text += f" Valid keys in {where}: {', '.join(siblings)}."
+        return ConfigError(text)
+    if key:
+        return ConfigError(f"bad value for config key '{key}' (from {source}): {msg}")
+    return ConfigError(f"bad configuration (from {source}): {msg}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _explain(err, base, source) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; check the path given to --config.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of sections (method, data, optim, ...), "
+            f"not a {type(data).__name__}."
+        )
+    return data
+
+
+def _parse_dotlist(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} must look like key=value, for example optim.lr=0.3."
+            )
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+            raise ConfigError(f"override {item!r}: {key!r} is not a dotted config key.")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        out.append((key, parsed))
+    return out
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    node: Any = value
+    for part in reversed(key.split(".")):
+        node = {part: node}
+    assert isinstance(node, dict)
+    return node
+
+
+def _method_name(*sources: Any) -> str | None:
+    name = None
+    for src in sources:
+        if isinstance(src, dict):
+            m = src.get("method")
+            if isinstance(m, dict) and isinstance(m.get("name"), str):
+                name = m["name"]
+            elif isinstance(m, str):
+                name = m
+    return name
+
+
+def build_config(
+    method: str | None = None,
+    config_file: str | Path | dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve a :class:`Config` from defaults, a YAML file (or dict), flat dotted
+    ``values`` (``{"train.epochs": 3}``; None values are skipped) and ``key=value``
+    overrides. Raises :class:`ConfigError` naming any unknown or invalid key."""
+    file_data: dict[str, Any] = {}
+    if isinstance(config_file, dict):
+        file_data = config_file
+    elif config_file is not None:
+        file_data = _load_yaml(config_file)
+    if isinstance(file_data.get("method"), str):
+        file_data = {**file_data, "method": {"name": file_data["method"]}}
+    dotted = _parse_dotlist(overrides or [])
+    value_items = [(k, v) for k, v in (values or {}).items() if v is not None]
+    nested_values = [_nest(k, v) for k, v in value_items]
+    nested_over = [_nest(k, v) for k, v in dotted]
+    name = method or _method_name(file_data, *nested_values, *nested_over) or MethodConfig.name
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name must be a method name, got {name!r}.")
+    try:
+        cfg = schema(name)
+    except KeyError as err:
+        raise ConfigError(str(err)) from None
+    cfg = _merge(cfg, file_data, f"config file {config_file}" if file_data else "config")
+    for (k, _), nv in zip(value_items, nested_values, strict=True):
+        cfg = _merge(cfg, nv, f"option for {k}")
+    for (k, _), nv in zip(dotted, nested_over, strict=True):
+        cfg = _merge(cfg, nv, f"override {k}")
+    if cfg.method.name != name:
+        raise ConfigError(
+            f"the config asks for method {cfg.method.name!r} but {name!r} was chosen; "
+            "pass one method (--method or method.name)."
+        )
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _explain(err, cfg, "config") from None
+    assert isinstance(obj, Config)
+    validate(obj)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than types; each message names the key and the fix."""
+    t, o, d = cfg.train, cfg.optim, cfg.data
+    if t.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be at least 1, got {t.batch_size}.")
+    for key, val in (("train.epochs", t.epochs), ("train.steps", t.steps)):
+        if val is not None and val < 1:
+            raise ConfigError(f"{key} must be at least 1 (or unset), got {val}.")
+    if t.max_time is not None and parse_duration(t.max_time) <= 0:
+        raise ConfigError(f"train.max_time must be positive, got {t.max_time!r}.")
+    parse_duration(t.checkpoint_every)
+    if t.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(
+            f"train.precision must be one of auto, bf16, fp16, fp32; got {t.precision!r}."
+        )
+    if o.name not in ("sgd", "lars", "adamw"):
+        raise ConfigError(f"optim.name must be one of sgd, lars, adamw; got {o.name!r}.")
+    if o.lr_scaling not in ("linear", "sqrt", "none"):
+        raise ConfigError(
+            f"optim.lr_scaling must be one of linear, sqrt, none; got {o.lr_scaling!r}."
+        )
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}.")
+    if not 0 <= o.warmup < 1:
+        raise ConfigError(f"optim.warmup is a fraction of the budget in [0, 1), got {o.warmup}.")
+    if len(o.betas) != 2:
+        raise ConfigError(f"optim.betas needs two values, got {o.betas}.")
+    if len(d.mean) != len(d.std):
+        raise ConfigError("data.mean and data.std need the same number of channels.")
+    if any(s <= 0 for s in d.std):
+        raise ConfigError(f"data.std values must be positive, got {d.std}.")
+    if d.bad_files not in ("skip", "fail"):
+        raise ConfigError(f"data.bad_files must be skip or fail, got {d.bad_files!r}.")
+    if d.limit is not None and d.limit < 1:
+        raise ConfigError(f"data.limit must be at least 1 (or unset), got {d.limit}.")
+    if d.image_size is not None and d.image_size < 8:
+        raise ConfigError(f"data.image_size must be at least 8 pixels, got {d.image_size}.")
+    if cfg.backbone.in_chans < 1:
+        raise ConfigError(f"backbone.in_chans must be at least 1, got {cfg.backbone.in_chans}.")
+    if cfg.monitor.k < 1:
+        raise ConfigError(f"monitor.k must be at least 1, got {cfg.monitor.k}.")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (what checkpoints and config.yaml hold)."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Rebuild a config saved by :func:`to_dict` (e.g. from a checkpoint)."""
+    return build_config(config_file=data, overrides=overrides)
+
+
+def flat_defaults(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train.epochs": None, ...}`` for a dataclass instance (used by ``--help``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(flat_defaults(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out

@@ -1,0 +1,216 @@
+"""Datasets and samplers that make training reproducible and resumable.
+
+Every sample carries its own augmentation seed, derived from (run seed, epoch, position in
+the epoch). Augmentations therefore do not depend on the number of workers, on which worker
+loads a sample, or on whether the run was interrupted and resumed mid-epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from selfsup.data.sources import DataError, ImageSource
+from selfsup.transforms import to_uint8_tensor
+
+MAX_RETRIES = 20
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A distinct 63-bit seed per (run seed, epoch, position)."""
+    h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB)
+    h ^= h >> 31
+    return h % (2**63 - 1)
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to RGB (3 channels) or L (1 channel)."""
+    want = "RGB" if channels == 3 else "L"
+    if img.mode == want:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits by the image's own range rather than clipping.
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0
+        img = Image.fromarray(a.astype("uint8"), mode="L")
+    if img.mode in ("P", "LA", "PA") or (img.mode == "RGBA" and want == "RGB"):
+        img = img.convert("RGBA").convert(want) if img.mode != "LA" else img.convert(want)
+    return img.convert(want)
+
+
+class _Loader:
+    """Decode item i (retrying others on unreadable files under the 'skip' policy)."""
+
+    def __init__(self, source: ImageSource, channels: int, bad_files: str) -> None:
+        self.source = source
+        self.channels = channels
+        self.bad_files = bad_files
+
+    def load(self, index: int, seed: int) -> tuple[torch.Tensor, int, list[str]]:
+        skipped: list[str] = []
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(MAX_RETRIES):
+            try:
+                img = to_mode(self.source.load(index), self.channels)
+                x = to_uint8_tensor(img)
+                labels = self.source.labels
+                return x, (labels[index] if labels is not None else -1), skipped
+            except Exception as err:  # noqa: BLE001 - any decoding failure is reported
+                where = self.source.describe(index)
+                if self.bad_files == "fail":
+                    raise DataError(
+                        f"cannot read image {where}: {type(err).__name__}: {err}. Fix or "
+                        "remove the file, or run with data.bad_files=skip to skip bad images."
+                    ) from None
+                skipped.append(f"{where}\t{type(err).__name__}: {err}")
+                index = int(torch.randint(len(self.source), (1,), generator=gen))
+        raise DataError(
+            f"{MAX_RETRIES} images in a row could not be read from {self.source.name} "
+            f"(last: {skipped[-1]}). Check the data folder (selfsup data check)."
+        )
+
+
+class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
+    """Items are ``(views, label, skipped)`` for an index ``(i, seed)`` from
+    :class:`EpochSampler`: the image decoded once to uint8, then each view transformed."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        transform: Callable[[torch.Tensor], list[torch.Tensor]],
+        channels: int = 3,
+        bad_files: str = "skip",
+    ) -> None:
+        self.source = source
+        self.transform = transform
+        self.loader = _Loader(source, channels, bad_files)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, list[str]]:
+        index, seed = item
+        x, label, skipped = self.loader.load(index, seed)
+        # Seed the augmentation without disturbing the process's own random stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = self.transform(x)
+        return views, label, skipped
+
+
+class EvalDataset(Dataset[tuple[torch.Tensor, int, bool]]):
+    """Items are ``(image, label, ok)`` with a deterministic transform; unreadable images
+    give ``ok=False`` (and are left out of features) under the 'skip' policy."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        image_size: int,
+        channels: int = 3,
+        bad_files: str = "skip",
+    ) -> None:
+        self.source = source
+        self.transform = transform
+        self.image_size = image_size
+        self.channels = channels
+        self.bad_files = bad_files
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
+        labels = self.source.labels
+        label = labels[index] if labels is not None else -1
+        try:
+            img = to_mode(self.source.load(index), self.channels)
+        except Exception as err:  # noqa: BLE001
+            if self.bad_files == "fail":
+                raise DataError(
+                    f"cannot read image {self.source.describe(index)}: {err}. Fix or remove it."
+                ) from None
+            return torch.zeros(self.channels, self.image_size, self.image_size), label, False
+        return self.transform(to_uint8_tensor(img)), label, True
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Seeded per-epoch permutation that can start mid-epoch and shard across ranks.
+
+    Yields ``(index, augmentation seed)``. With ``drop_last`` the epoch holds
+    ``floor(n / global_batch)`` full global batches. ``start`` counts global samples already
+    consumed in this epoch (for resuming); rank r takes positions r, r + world, ...
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = True,
+    ) -> None:
+        self.n, self.global_batch, self.seed, self.epoch = n, global_batch, seed, epoch
+        self.start, self.rank, self.world, self.drop_last = start, rank, world, drop_last
+
+    def epoch_length(self) -> int:
+        """Global samples per epoch."""
+        if self.drop_last:
+            return (self.n // self.global_batch) * self.global_batch
+        return math.ceil(self.n / self.global_batch) * self.global_batch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        total = self.epoch_length()
+        if total > self.n:  # pad the last batch by wrapping around
+            perm = perm + perm[: total - self.n]
+        for pos in range(self.start + self.rank, total, self.world):
+            yield perm[pos], sample_seed(self.seed, self.epoch, pos)
+
+    def __len__(self) -> int:
+        return max(0, (self.epoch_length() - self.start - self.rank + self.world - 1) // self.world)
+
+
+def collate_views(
+    batch: Sequence[tuple[list[torch.Tensor], int, list[str]]],
+) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    """Stack each view across the batch: -> ([view0 (B,C,H,W), view1, ...], labels, skipped)."""
+    n_views = len(batch[0][0])
+    views = [torch.stack([item[0][v] for item in batch]) for v in range(n_views)]
+    labels = torch.tensor([item[1] for item in batch])
+    skipped = [s for item in batch for s in item[2]]
+    return views, labels, skipped
+
+
+def default_workers(requested: int) -> int:
+    if requested >= 0:
+        return requested
+    import os
+
+    return min(4, os.cpu_count() or 1)
+
+
+def worker_init(_: int) -> None:
+    # Each worker does its per-image work on one thread; the main process owns the cores
+    # for the model.
+    torch.set_num_threads(1)
+
+
+def loader_kwargs(num_workers: int, persistent: bool = False) -> dict[str, Any]:
+    """DataLoader options: single-threaded workers; ``persistent`` keeps them across epochs
+    (the sampler is iterated in the main process, so its epoch can change)."""
+    kw: dict[str, Any] = {"num_workers": num_workers}
+    if num_workers > 0:
+        kw.update(worker_init_fn=worker_init, prefetch_factor=4, persistent_workers=persistent)
+    return kw

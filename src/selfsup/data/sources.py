@@ -1,0 +1,264 @@
+"""Image sources: a folder of images at any depth, or a named public data set.
+
+A source is an indexable list of images with optional labels. It decodes one image on
+demand (``load(i)``) and knows a human-readable name for each item (``describe(i)``) so that
+errors can name the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
+
+NAMED_SETS = ("cifar10", "cifar100", "stl10")
+
+
+class DataError(ValueError):
+    """A data problem, explained for the user (which path, what to do)."""
+
+
+class ImageSource(Protocol):
+    """What the loaders need from a data set."""
+
+    labels: list[int] | None  # -1 marks an unlabelled item
+    classes: list[str]
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> Image.Image: ...
+
+    def describe(self, i: int) -> str: ...
+
+
+@dataclass
+class FolderSource:
+    """Image files under a folder, at any depth.
+
+    When every image sits below a first-level sub-folder, that sub-folder's name is the
+    label (the ImageFolder convention, extended to any depth below it); otherwise the images
+    are unlabelled. Labels are never used for pretraining.
+    """
+
+    root: Path
+    files: list[str]
+    labels: list[int] | None
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.root)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+    def load(self, i: int) -> Image.Image:
+        img = Image.open(self.path(i))
+        img.load()
+        return img
+
+    def describe(self, i: int) -> str:
+        return str(self.path(i))
+
+
+def scan_folder(root: str | Path) -> FolderSource:
+    """Index every image file under ``root`` (sorted, so the order is reproducible)."""
+    base = Path(root).expanduser()
+    if not base.exists():
+        raise DataError(
+            f"data path {str(base)!r} does not exist. Give a folder of images or a named set "
+            f"({', '.join(NAMED_SETS)})."
+        )
+    if base.is_file():
+        raise DataError(
+            f"data path {str(base)!r} is a file; give the folder that holds the images."
+        )
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, base)
+        for f in sorted(filenames):
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                files.append(f if rel == "." else os.path.join(rel, f))
+    if not files:
+        raise DataError(
+            f"no images found under {str(base)!r} (looked for {', '.join(IMAGE_EXTENSIONS)} "
+            "at any depth). Check the path."
+        )
+    top = [f.split(os.sep, 1)[0] for f in files]
+    labelled = all(os.sep in f for f in files)
+    if labelled:
+        classes = sorted(set(top))
+        index = {c: i for i, c in enumerate(classes)}
+        return FolderSource(base, files, [index[t] for t in top], classes)
+    return FolderSource(base, files, None, [])
+
+
+class TorchvisionSource:
+    """A torchvision data set (CIFAR-10/100, STL-10) seen as an :class:`ImageSource`."""
+
+    def __init__(self, name: str, split: str, root: Path, download: bool) -> None:
+        import torchvision.datasets as tvd
+
+        self.name = f"{name}:{split}"
+        try:
+            if name in ("cifar10", "cifar100"):
+                cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+                ds = cls(str(root), train=(split == "train"), download=download)
+                self._images = ds.data  # (N, 32, 32, 3) uint8
+                self.labels = [int(t) for t in ds.targets]
+                self.classes = list(ds.classes)
+            elif name == "stl10":
+                # Pretraining uses the 100k unlabelled images plus the labelled train split.
+                tv_split = {"train": "train+unlabeled", "test": "test"}.get(split, split)
+                ds10 = tvd.STL10(str(root), split=tv_split, download=download)
+                self._images = ds10.data.transpose(0, 2, 3, 1)  # (N, 96, 96, 3)
+                self.labels = [int(t) for t in ds10.labels]
+                self.classes = list(ds10.classes)
+            else:  # pragma: no cover - guarded by open_source
+                raise DataError(f"unknown named set {name!r}")
+        except (RuntimeError, OSError) as err:
+            raise DataError(
+                f"could not load the named set {name!r} from {str(root)!r}: {err}. Without "
+                "network access, download it elsewhere and pass its folder with --data-root, "
+                "or give a folder of images with --data."
+            ) from None
+        if self.labels is not None and all(t < 0 for t in self.labels):
+            self.labels = None
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self._images[i])
+
+    def describe(self, i: int) -> str:
+        return f"{self.name}[{i}]"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("SELFSUP_DATA", "~/.cache/selfsup/data")).expanduser()
+
+
+def open_source(
+    spec: str, split: str = "train", root: str | None = None, download: bool = True
+) -> ImageSource:
+    """Open ``spec``: a folder path, or a named set (its ``split``) under ``root``.
+
+    For a named set, ``root`` may also be an ImageFolder layout with ``<split>/<class>/``
+    sub-folders (as in ``shared/datasets/cifar10``), which is then read directly.
+    """
+    key = spec.lower()
+    if key in NAMED_SETS and not Path(spec).exists():
+        base = Path(root).expanduser() if root else default_data_root() / key
+        if (base / split).is_dir():
+            return scan_folder(base / split)
+        if root and not base.exists():
+            raise DataError(f"--data-root {root!r} does not exist.")
+        return TorchvisionSource(key, split, base, download)
+    return scan_folder(spec)
+
+
+class SubsetSource:
+    """A view on some items of another source."""
+
+    def __init__(self, base: ImageSource, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = list(indices)
+        self.classes = base.classes
+        self.name = base.name
+        self.labels = [base.labels[i] for i in self.indices] if base.labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> Image.Image:
+        return self.base.load(self.indices[i])
+
+    def describe(self, i: int) -> str:
+        return self.base.describe(self.indices[i])
+
+
+def stratified_split(
+    labels: Sequence[int] | None, n: int, take: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into (taken, rest) with ``take`` items, class-balanced when labels
+    are given (each class contributes in proportion to its size), reproducibly."""
+    rng = random.Random(seed)
+    take = max(0, min(take, n))
+    if labels is None:
+        idx = list(range(n))
+        rng.shuffle(idx)
+        return sorted(idx[:take]), sorted(idx[take:])
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(labels):
+        by_class.setdefault(t, []).append(i)
+    taken: list[int] = []
+    leftovers: list[int] = []
+    for c in sorted(by_class):
+        members = by_class[c]
+        rng.shuffle(members)
+        k = int(len(members) * take / n)
+        taken += members[:k]
+        leftovers += members[k:]
+    rng.shuffle(leftovers)
+    taken += leftovers[: take - len(taken)]
+    chosen = set(taken)
+    return sorted(taken), [i for i in range(n) if i not in chosen]
+
+
+def subset(source: ImageSource, limit: int | None, seed: int = 0) -> ImageSource:
+    """At most ``limit`` items of ``source`` (class-balanced, reproducible)."""
+    if limit is None or limit >= len(source):
+        return source
+    taken, _ = stratified_split(source.labels, len(source), limit, seed)
+    return SubsetSource(source, taken)
+
+
+def sniff_image_size(source: ImageSource, samples: int = 32, seed: int = 0) -> int:
+    """Median shorter side of a few images (reads headers only for files)."""
+    rng = random.Random(seed)
+    idx = rng.sample(range(len(source)), min(samples, len(source)))
+    sides = []
+    for i in idx:
+        try:
+            if isinstance(source, FolderSource):
+                with Image.open(source.path(i)) as im:
+                    sides.append(min(im.size))
+            else:
+                sides.append(min(source.load(i).size))
+        except Exception:  # unreadable files are reported when they are loaded
+            continue
+    if not sides:
+        raise DataError(f"could not read any image of {source.name} to find the image size.")
+    sides.sort()
+    return sides[len(sides) // 2]
+
+
+def auto_image_size(source: ImageSource) -> int:
+    """Training resolution: the median size when it is 64 px or less, else 224."""
+    side = sniff_image_size(source)
+    return side if side <= 64 else 224

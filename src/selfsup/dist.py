@@ -1,0 +1,79 @@
+"""The one home of collectives. Every function is a no-op (or the identity) when
+``torch.distributed`` is not initialised, so single-process code never branches on it."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as tdist
+
+
+def is_initialized() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on the process that writes logs and checkpoints (rank 0)."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        tdist.barrier()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sends each rank the gradient of its own slice.
+
+    The gradient of every rank's loss with respect to this rank's input is summed
+    (all-reduce) before slicing, so that the per-rank losses behave like one loss over
+    the global batch (as in SimCLR's TPU implementation and lightly's ``GatherLayer``).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        out = [torch.zeros_like(x) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(out, x.contiguous())
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        all_grads = torch.stack(grads)
+        tdist.all_reduce(all_grads)
+        return all_grads[tdist.get_rank()]
+
+
+def gather(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from all ranks along dim 0 -> (world*B, ...), in rank order."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    if with_grad:
+        return torch.cat(_GatherWithGrad.apply(x), dim=0)
+    out = [torch.zeros_like(x) for _ in range(world_size())]
+    tdist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (a new tensor; no gradient)."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    tdist.all_reduce(y)
+    return y / world_size()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a new tensor; no gradient)."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    tdist.all_reduce(y)
+    return y

@@ -1,0 +1,82 @@
+"""The Method contract: backbone + heads + loss (+ teacher), with no training-loop code.
+
+A Method never touches devices, precision, process groups, optimisers or checkpoints; the
+:class:`~selfsup.train.Trainer` owns those. A new method subclasses :class:`Method` in one
+file, declares its ``Config`` dataclass and registers itself with
+:func:`~selfsup.registry.register_method`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from selfsup.backbones import Backbone
+from selfsup.config import MethodConfig
+from selfsup.transforms import MultiView
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training stands when a step runs.
+
+    ``progress`` is the fraction of the budget already used, in [0, 1] (steps, epochs or
+    time, whichever budget is nearest its end), so per-step values are pure functions of it.
+    """
+
+    step: int
+    progress: float
+    epoch: int = 0
+
+
+class Method(nn.Module):
+    """Base class of self-supervised methods.
+
+    Subclasses define ``Config`` (a :class:`MethodConfig` dataclass) and implement
+    :meth:`training_step` and :meth:`default_transform`.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # Methods whose loss couples samples through BatchNorm statistics (BYOL, SimSiam...) set
+    # this so distributed training converts BatchNorm to SyncBatchNorm.
+    needs_sync_batchnorm: ClassVar[bool] = False
+    # Methods with in-batch negatives or batch statistics cannot emulate a large batch by
+    # gradient accumulation.
+    batch_coupled: ClassVar[bool] = True
+
+    def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+
+    def training_step(
+        self, views: Sequence[torch.Tensor], info: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch. ``views``: list of (B, C, H, W) tensors, one per view.
+
+        Returns the scalar loss and a dict of detached scalar tensors to log.
+        """
+        raise NotImplementedError
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules the optimiser updates (and DDP wraps). Teachers are excluded."""
+        return [self]
+
+    @torch.no_grad()
+    def on_step_end(self, info: StepInfo) -> None:  # noqa: B027 (optional hook)
+        """Called after each optimiser step, e.g. for EMA teacher updates."""
+
+    def default_transform(
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
+    ) -> MultiView:
+        """The method's multi-view augmentation: uint8 (C, H, W) -> list of float views."""
+        raise NotImplementedError
+
+    def feature_extractor(self) -> nn.Module:
+        """The network whose (B, D) output is the learned representation."""
+        return self.backbone

@@ -1,0 +1,68 @@
+"""SimCLR: contrastive learning of visual representations (Chen et al., ICML 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from selfsup.backbones import Backbone
+from selfsup.config import MethodConfig
+from selfsup.heads import SimCLRProjectionHead
+from selfsup.losses import NTXentLoss
+from selfsup.methods.base import Method, StepInfo
+from selfsup.registry import register_method
+from selfsup.transforms import MultiView, SimCLRViewsConfig, simclr_view
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    name: str = "simclr"
+    # NT-Xent temperature: 0.5 suits CIFAR-sized data, 0.1-0.2 ImageNet with large batches.
+    temperature: float = 0.5
+    # Projection head sizes (SimCLR: 2048 hidden on ImageNet; 512 is plenty for ResNet-18).
+    proj_hidden_dim: int = 512
+    proj_output_dim: int = 128
+    # Two layers in SimCLR v1; SimCLR v2 uses three.
+    proj_layers: int = 2
+    views: SimCLRViewsConfig = field(default_factory=SimCLRViewsConfig)
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    """SimCLR: two augmented views per image, a projection head, and NT-Xent across the
+    batch (negatives from every rank in distributed training)."""
+
+    Config = SimCLRConfig
+    cfg: SimCLRConfig
+
+    def __init__(self, cfg: SimCLRConfig, backbone: Backbone) -> None:
+        super().__init__(cfg, backbone)
+        self.projection_head = SimCLRProjectionHead(
+            backbone.embed_dim, cfg.proj_hidden_dim, cfg.proj_output_dim, cfg.proj_layers
+        )
+        self.criterion = NTXentLoss(temperature=cfg.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> projected embedding (B, proj_output_dim)."""
+        out: torch.Tensor = self.projection_head(self.backbone(x))
+        return out
+
+    def training_step(
+        self, views: Sequence[torch.Tensor], info: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if len(views) != 2:
+            raise ValueError(f"SimCLR takes two views per image, got {len(views)}")
+        b = views[0].shape[0]
+        # One forward pass over both views: BatchNorm sees the whole 2B batch, as in SimCLR.
+        z = self(torch.cat([views[0], views[1]]))
+        z0, z1 = z[:b], z[b:]
+        loss = self.criterion(z0, z1)
+        return loss, {"loss": loss.detach()}
+
+    def default_transform(
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
+    ) -> MultiView:
+        view = simclr_view(self.cfg.views, image_size, mean, std, channels)
+        return MultiView([view, view])

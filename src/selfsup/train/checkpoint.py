@@ -1,0 +1,107 @@
+"""Checkpoints: written atomically, loaded without executing code.
+
+A checkpoint is a plain dict of tensors and primitive values, so ``torch.load(...,
+weights_only=True)`` reads it. ``last.pt`` is replaced atomically (write to a temporary file,
+fsync, rename); the one it replaces is kept as ``previous.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+PREVIOUS = "previous.pt"
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or read, explained for the user."""
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every random stream training uses."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: dict[str, Any], path: Path, keep_previous: bool = True) -> None:
+    """Write ``obj`` to ``path`` so that a crash at any moment leaves a readable file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(PREVIOUS))
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder, its checkpoints folder, or a checkpoint file -> the checkpoint file."""
+    p = Path(path).expanduser()
+    for cand in (p, p / CHECKPOINT_DIR / LAST, p / LAST):
+        if cand.is_file():
+            return cand
+    if p.is_dir():
+        raise CheckpointError(
+            f"no checkpoint in {str(p)!r} (looked for {CHECKPOINT_DIR}/{LAST}). Was the run "
+            "started with this --out folder, and did it reach its first checkpoint?"
+        )
+    raise CheckpointError(f"checkpoint or run folder {str(p)!r} does not exist.")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint (a run folder or a file) on the CPU, never executing code."""
+    file = resolve(path)
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {str(file)!r}: {err}. If the run was interrupted while "
+            f"writing, {PREVIOUS} beside it holds the one before."
+        ) from None
+    if not isinstance(ckpt, dict) or "method" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{str(file)!r} is not a selfsup checkpoint.")
+    return ckpt

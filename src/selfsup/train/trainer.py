@@ -1,0 +1,536 @@
+"""The Trainer: the one place that owns devices, precision, data loading, the optimiser,
+schedules, checkpoints, logging, monitors and progress. Methods stay pure modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from selfsup import __version__, dist, schedules
+from selfsup.config import Config, ConfigError, MonitorConfig, parse_duration, to_dict, to_yaml
+from selfsup.data import (
+    EpochSampler,
+    ImageSource,
+    ViewDataset,
+    collate_views,
+    default_workers,
+    loader_kwargs,
+)
+from selfsup.eval.features import autocast, extract_features
+from selfsup.eval.knn import knn_classify
+from selfsup.methods.base import Method, StepInfo
+from selfsup.train import checkpoint as ckpt_io
+from selfsup.train.logger import MetricsLogger
+from selfsup.train.optim import build_optimizer, scaled_lr
+
+# Consecutive non-finite losses tolerated (each skipped) before training stops.
+MAX_BAD_STEPS = 5
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA GPU is visible; use device=cpu.")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 bf16 or AMX: bf16 matrix products run 2-4x faster than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, c, lambda: False)()) for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ConfigError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32.")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss_kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    # Global samples already consumed in the current epoch (where a resumed run restarts).
+    epoch_pos: int = 0
+    images_seen: int = 0
+    # Seconds spent training (monitors and checkpoints excluded); time budgets count these.
+    elapsed: float = 0.0
+    skipped_steps: int = 0
+    finished: bool = False
+
+
+@dataclass
+class FitResult:
+    out_dir: Path | None
+    state: TrainState
+    stopped_by: str
+    images_per_s: float
+    peak_memory_mb: float
+    final_loss: float | None
+    monitor: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    device: str = "cpu"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir) if self.out_dir else None
+        return d
+
+
+class KNNMonitor:
+    """Online kNN accuracy of the current representation on a labelled split."""
+
+    def __init__(
+        self,
+        bank: ImageSource,
+        queries: ImageSource,
+        cfg: MonitorConfig,
+        batch_size: int = 256,
+        num_workers: int = -1,
+    ) -> None:
+        if bank.labels is None or queries.labels is None:
+            raise ValueError("the kNN monitor needs labelled bank and query images")
+        self.bank, self.queries, self.cfg = bank, queries, cfg
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def __call__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        mean: list[float],
+        std: list[float],
+        channels: int,
+        device: torch.device,
+        precision: str,
+        channels_last: bool,
+    ) -> dict[str, float]:
+        kw: dict[str, Any] = dict(
+            image_size=image_size, mean=mean, std=std, channels=channels,
+            batch_size=self.batch_size, device=device, precision=precision,
+            channels_last=channels_last, num_workers=self.num_workers,
+        )  # fmt: skip
+        fb, lb = extract_features(model, self.bank, **kw)
+        fq, lq = extract_features(model, self.queries, **kw)
+        res = knn_classify(fb, lb, fq, lq, k=self.cfg.k, temperature=self.cfg.temperature)
+        return {"knn_top1": res.top1, "knn_top5": res.top5}
+
+
+class Trainer:
+    """Runs a :class:`Method` on an :class:`ImageSource` under a :class:`Config`.
+
+    ``out_dir`` receives ``config.yaml``, ``metrics.csv``, ``tensorboard/``,
+    ``checkpoints/last.pt`` (and ``previous.pt``), ``skipped.txt`` and ``summary.json``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path | None,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.tensorboard = tensorboard
+        self._stop_signal: str | None = None
+
+    # ------------------------------------------------------------------ budget helpers
+
+    def _budget(self, steps_per_epoch: int) -> tuple[int | None, float | None]:
+        t = self.cfg.train
+        totals = []
+        epochs = t.epochs
+        if epochs is None and t.steps is None and t.max_time is None:
+            epochs = 100
+        if epochs is not None:
+            totals.append(epochs * steps_per_epoch)
+        if t.steps is not None:
+            totals.append(t.steps)
+        max_time = parse_duration(t.max_time) if t.max_time is not None else None
+        return (min(totals) if totals else None), max_time
+
+    @staticmethod
+    def _progress(state: TrainState, total_steps: int | None, max_time: float | None) -> float:
+        p = 0.0
+        if total_steps:
+            p = max(p, state.step / total_steps)
+        if max_time:
+            p = max(p, state.elapsed / max_time)
+        return min(p, 1.0)
+
+    # ------------------------------------------------------------------ signals
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            tqdm.write(
+                f"received {self._stop_signal}: finishing this step, saving a checkpoint, "
+                "then stopping (resume with --resume)."
+            )
+
+        old: dict[int, Any] = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+            pass
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(
+        self,
+        method: Method,
+        source: ImageSource,
+        monitor: KNNMonitor | None = None,
+        resume: dict[str, Any] | None = None,
+        stop_at_step: int | None = None,
+    ) -> FitResult:
+        """Train until the budget is used (or ``stop_at_step`` steps are done, as if the run
+        were interrupted there: the checkpoint lets a later ``fit`` continue exactly).
+        """
+        cfg, t = self.cfg, self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        device = resolve_device(t.device)
+        precision = resolve_precision(t.precision, device)
+        image_size = cfg.data.image_size
+        if image_size is None:
+            raise ConfigError("data.image_size must be resolved before training")
+        channels = cfg.backbone.in_chans
+        world, rank = dist.world_size(), dist.rank()
+        global_batch = t.batch_size * world
+        n = len(source)
+        if t.drop_last and n < global_batch:
+            raise ConfigError(
+                f"the data set has {n} images, fewer than one batch of {global_batch}; lower "
+                "train.batch_size (--batch-size) or add images."
+            )
+
+        method.to(device)
+        if t.channels_last:
+            method.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
+        dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
+        workers = default_workers(cfg.data.num_workers)
+        probe = EpochSampler(n, global_batch, t.seed, 0, drop_last=t.drop_last)
+        steps_per_epoch = probe.epoch_length() // global_batch
+        total_steps, max_time = self._budget(steps_per_epoch)
+        base_lr = scaled_lr(cfg.optim, global_batch)
+        optimizer = build_optimizer(method.trainable_modules(), cfg.optim, base_lr)
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        step_fn: Callable[..., Any] = method.training_step
+        if t.compile:
+            method.compile()
+
+        state = TrainState()
+        if resume is not None:
+            method.load_state_dict(resume["method"])
+            optimizer.load_state_dict(resume["optimizer"])
+            if scaler is not None and resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
+            state = TrainState(**resume["state"])
+            state.finished = False
+            ckpt_io.restore_rng(resume["rng"])
+
+        main = dist.is_main()
+        out = self.out_dir
+        logger = None
+        if main and out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(to_yaml(cfg))
+            logger = MetricsLogger(
+                out, resume_step=state.step if resume else None, tensorboard=self.tensorboard
+            )
+
+        def save() -> None:
+            if not main or out is None:
+                return
+            obj = {
+                "format": ckpt_io.FORMAT,
+                "version": __version__,
+                "config": to_dict(cfg),
+                "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "state": asdict(state),
+                "rng": ckpt_io.capture_rng(),
+            }
+            ckpt_io.save_atomic(obj, out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST)
+
+        monitor_results: dict[str, float] = {}
+
+        def run_monitor() -> None:
+            if monitor is None:
+                return
+            res = monitor(
+                method.feature_extractor(), image_size, cfg.data.mean, cfg.data.std, channels,
+                device, precision, t.channels_last,
+            )  # fmt: skip
+            monitor_results.update(res)
+            msg = f"epoch {state.epoch} step {state.step}: kNN top-1 {res['knn_top1']:.2f}%"
+            tqdm.write(msg + f" (top-5 {res['knn_top5']:.2f}%)")
+            if logger is not None:
+                logger.log({"step": state.step, "epoch": state.epoch,
+                            "images": state.images_seen, "elapsed_s": state.elapsed, **res})  # fmt: skip
+
+        header = (
+            f"selfsup {cfg.method.name} | backbone {cfg.backbone.name} | {n} images at "
+            f"{image_size}px | batch {global_batch} | lr {base_lr:.4g} | {device} {precision}"
+            f" | {workers} workers"
+        )
+        budget = []
+        if total_steps:
+            budget.append(f"{total_steps} steps ({steps_per_epoch}/epoch)")
+        if max_time:
+            budget.append(f"{max_time:.0f}s")
+        if main:
+            tqdm.write(header + " | budget " + " or ".join(budget))
+
+        bar = tqdm(
+            total=total_steps or None, initial=state.step, disable=not (self.progress and main),
+            unit="step", dynamic_ncols=True, desc=cfg.method.name,
+        )  # fmt: skip
+        window: dict[str, float] = {}
+        window_n = 0
+        window_images = 0
+        window_time = 0.0
+        window_wait = 0.0
+        last_loss: float | None = None
+        bad_run = 0
+        stopped_by = "budget"
+        next_ckpt = state.elapsed + parse_duration(t.checkpoint_every)
+        skipped_file = out / "skipped.txt" if (out is not None and main) else None
+        run_t0 = time.perf_counter()
+        images_at_start = state.images_seen
+        train_time_at_start = state.elapsed
+
+        def done() -> bool:
+            return self._progress(state, total_steps, max_time) >= 1.0
+
+        try:
+            with self._signals():
+                sampler = EpochSampler(
+                    n, global_batch, t.seed, state.epoch, start=state.epoch_pos,
+                    rank=rank, world=world, drop_last=t.drop_last,
+                )  # fmt: skip
+                loader = DataLoader(
+                    dataset, batch_size=t.batch_size, sampler=sampler,
+                    collate_fn=collate_views, pin_memory=device.type == "cuda",
+                    **loader_kwargs(workers, persistent=True),
+                )  # fmt: skip
+                epoch_length = sampler.epoch_length()
+                while not done() and stopped_by == "budget":
+                    sampler.epoch, sampler.start = state.epoch, state.epoch_pos
+                    it = iter(loader)
+                    tick = time.perf_counter()
+                    while True:
+                        try:
+                            views, _, skipped = next(it)
+                        except StopIteration:
+                            break
+                        got = time.perf_counter()
+                        window_wait += got - tick
+                        if skipped and skipped_file is not None:
+                            with open(skipped_file, "a") as f:
+                                f.write("".join(s + "\n" for s in skipped))
+                        views = [
+                            v.to(device, non_blocking=True).contiguous(
+                                memory_format=torch.channels_last if t.channels_last
+                                else torch.contiguous_format
+                            )
+                            for v in views
+                        ]  # fmt: skip
+                        p = self._progress(state, total_steps, max_time)
+                        info = StepInfo(step=state.step, progress=p, epoch=state.epoch)
+                        lr = base_lr * schedules.warmup_cosine(
+                            p, 1.0, peak=1.0, warmup=cfg.optim.warmup, end=cfg.optim.min_lr
+                        )
+                        for g in optimizer.param_groups:
+                            g["lr"] = lr
+                        with autocast(device, precision):
+                            loss, logs = step_fn(views, info)
+                        loss_f = float(loss.detach())
+                        if not math.isfinite(loss_f):
+                            optimizer.zero_grad(set_to_none=True)
+                            state.skipped_steps += 1
+                            bad_run += 1
+                            tqdm.write(
+                                f"step {state.step}: loss is {loss_f}; step skipped "
+                                f"({bad_run}/{MAX_BAD_STEPS} in a row)."
+                            )
+                            if bad_run >= MAX_BAD_STEPS:
+                                raise TrainingError(
+                                    f"the loss was not finite for {bad_run} steps in a row "
+                                    f"(step {state.step}). Likely causes: a learning rate too "
+                                    f"high for this batch size (optim.lr={cfg.optim.lr}), fp16 "
+                                    "overflow (use precision=bf16 or fp32), or a temperature "
+                                    "too low. The last checkpoint holds the last finite weights."
+                                )
+                        else:
+                            bad_run = 0
+                            if scaler is not None:
+                                scaler.scale(loss).backward()
+                                scaler.unscale_(optimizer)
+                            else:
+                                loss.backward()
+                            if cfg.optim.grad_clip:
+                                params = [q for m in method.trainable_modules() for q in m.parameters()]
+                                nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                            if world > 1:
+                                _all_reduce_grads(method.trainable_modules())
+                            if scaler is not None:
+                                scaler.step(optimizer)
+                                scaler.update()
+                            else:
+                                optimizer.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            method.on_step_end(info)
+                            last_loss = loss_f
+                            for k, v in logs.items():
+                                window[k] = window.get(k, 0.0) + float(v)
+                            window_n += 1
+                        state.step += 1
+                        state.epoch_pos += global_batch
+                        state.images_seen += global_batch
+                        now = time.perf_counter()
+                        state.elapsed += now - tick
+                        window_time += now - tick
+                        window_images += global_batch
+                        tick = now
+
+                        if state.step % t.log_every == 0 or done():
+                            ips = window_images / max(window_time, 1e-9)
+                            row: dict[str, Any] = {
+                                "step": state.step, "epoch": state.epoch,
+                                "images": state.images_seen, "elapsed_s": state.elapsed,
+                                "lr": lr, "img_per_s": ips,
+                                "data_wait": window_wait / max(window_time, 1e-9),
+                            }  # fmt: skip
+                            row.update({k: v / max(window_n, 1) for k, v in window.items()})
+                            if logger is not None:
+                                logger.log(row)
+                            post = {"loss": f"{row.get('loss', float('nan')):.4f}",
+                                    "img/s": f"{ips:.1f}", "data": f"{row['data_wait']:.0%}",
+                                    "lr": f"{lr:.3g}", "ep": state.epoch}  # fmt: skip
+                            if state.skipped_steps:
+                                post["skipped"] = state.skipped_steps
+                            bar.set_postfix(post, refresh=False)
+                            window, window_n, window_images = {}, 0, 0
+                            window_time = window_wait = 0.0
+                        if not total_steps and max_time and state.elapsed > 0:
+                            bar.total = max(state.step, int(state.step * max_time / state.elapsed))
+                        bar.update(1)
+
+                        if self._stop_signal is not None:
+                            stopped_by = f"signal {self._stop_signal}"
+                            break
+                        if stop_at_step is not None and state.step >= stop_at_step:
+                            stopped_by = "stop_at_step"
+                            break
+                        if done():
+                            break
+                        if state.elapsed >= next_ckpt:
+                            save()
+                            next_ckpt = state.elapsed + parse_duration(t.checkpoint_every)
+                            tick = time.perf_counter()
+                    del it
+                    epoch_end = state.epoch_pos >= epoch_length
+                    if epoch_end:
+                        state.epoch += 1
+                        state.epoch_pos = 0
+                    if stopped_by != "budget":
+                        break
+                    if epoch_end and not done():
+                        save()
+                        if state.epoch % max(1, cfg.monitor.every_epochs) == 0:
+                            run_monitor()
+                state.finished = done()
+                save()
+                if state.finished:
+                    run_monitor()
+        finally:
+            bar.close()
+            if logger is not None:
+                logger.close()
+
+        wall = time.perf_counter() - run_t0
+        trained = state.elapsed - train_time_at_start
+        result = FitResult(
+            out_dir=out,
+            state=state,
+            stopped_by=stopped_by if not state.finished else "budget",
+            images_per_s=(state.images_seen - images_at_start) / max(trained, 1e-9),
+            peak_memory_mb=peak_memory_mb(device),
+            final_loss=last_loss,
+            monitor=monitor_results,
+            precision=precision,
+            device=str(device),
+        )
+        if main and out is not None:
+            summary = result.as_dict() | {"wall_s": wall, "config": to_dict(cfg)}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return result
+
+
+def _all_reduce_grads(modules: list[nn.Module]) -> None:
+    """Average gradients over ranks (used when not wrapped in DDP)."""
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = dist.all_reduce_mean(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

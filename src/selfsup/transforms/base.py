@@ -1,0 +1,57 @@
+"""Shared transform pieces: decoding to uint8 tensors, multi-view, evaluation resize."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> (C, H, W) uint8 tensor, without copying pixel data twice."""
+    t: torch.Tensor = v2.functional.pil_to_tensor(img)
+    return t
+
+
+class MultiView:
+    """Apply several view transforms to one image: ``(C, H, W) -> [view_0, view_1, ...]``.
+
+    The image is decoded once and every view is cropped from the same uint8 tensor.
+    """
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        if not transforms:
+            raise ValueError("MultiView needs at least one transform")
+        self.transforms = list(transforms)
+
+    def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
+        return [t(img) for t in self.transforms]
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"MultiView(\n  {inner}\n)"
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """uint8 (C, H, W) -> float32 normalised."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Deterministic view for features: resize the short side, centre crop, normalise.
+
+    Small images (<= 64 px) are resized to exactly ``image_size``; larger ones follow the
+    ImageNet convention of resizing to ``image_size / 0.875`` and centre-cropping.
+    """
+    resize = image_size if image_size <= 64 else round(image_size / 0.875)
+    return v2.Compose(
+        [
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(image_size),
+            normalize(mean, std),
+        ]
+    )
