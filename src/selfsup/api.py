@@ -206,8 +206,16 @@ def pretrain(
         cfg = make_config(config=saved, overrides=overrides, **options)
     else:
         if isinstance(config, Config):
-            cfg = config if not (options or overrides or method) else make_config(
-                method, C.to_dict(config), overrides, **({"data": data} if data else {}), **options
+            cfg = (
+                config
+                if not (options or overrides or method)
+                else make_config(
+                    method,
+                    C.to_dict(config),
+                    overrides,
+                    **({"data": data} if data else {}),
+                    **options,
+                )
             )
         else:
             if data is not None:
@@ -216,14 +224,18 @@ def pretrain(
         if out is not None:
             _check_out(Path(out), overwrite)
     if not cfg.data.path:
-        raise ConfigError("no data: pass --data (a folder of images or a named set such as cifar10).")
+        raise ConfigError(
+            "no data: pass --data (a folder of images or a named set such as cifar10)."
+        )
     source = subset(_open(cfg.data.path, "train", cfg.data.root, cfg.data.download),
                     cfg.data.limit, cfg.train.seed)  # fmt: skip
     cfg = _resolve(cfg, source)
     train_source, monitor = _monitor(cfg, source)
     model = build_method(cfg)
     trainer = Trainer(cfg, out, progress=progress)
-    return trainer.fit(model, train_source, monitor=monitor, resume=state, stop_at_step=stop_at_step)
+    return trainer.fit(
+        model, train_source, monitor=monitor, resume=state, stop_at_step=stop_at_step
+    )
 
 
 # ----------------------------------------------------------------------------- loading

@@ -45,36 +45,83 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 # (flag, config key or None, type, help). Help strings carry tuning advice; defaults are
 # read from the config dataclasses so --help never drifts from the code.
 PRETRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--data", "data.path", str, "folder of images (any depth; class sub-folders are ignored "
-     "for pretraining) or a named set: cifar10, cifar100, stl10"),
+    (
+        "--data",
+        "data.path",
+        str,
+        "folder of images (any depth; class sub-folders are ignored "
+        "for pretraining) or a named set: cifar10, cifar100, stl10",
+    ),
     ("--data-root", "data.root", str, "where a named set is read from or downloaded to"),
-    ("--image-size", "data.image_size", int, "training resolution in px (unset: the images' "
-     "own size up to 64 px, else 224)"),
+    (
+        "--image-size",
+        "data.image_size",
+        int,
+        "training resolution in px (unset: the images' own size up to 64 px, else 224)",
+    ),
     ("--limit", "data.limit", int, "use at most this many images (class-balanced subset)"),
     ("--workers", "data.num_workers", int, "data-loading processes (-1: up to 4)"),
-    ("--bad-files", "data.bad_files", str, "unreadable images: skip (listed in skipped.txt) or fail"),
-    ("--backbone", "backbone.name", str, "resnet18, resnet50, ... or any timm model as "
-     "timm:NAME (e.g. timm:vit_tiny_patch16_224)"),
-    ("--small-stem", "backbone.small_stem", "bool", "ResNet 3x3 stem without max-pool "
-     "(true/false; unset: automatic for images of 64 px or less)"),
+    (
+        "--bad-files",
+        "data.bad_files",
+        str,
+        "unreadable images: skip (listed in skipped.txt) or fail",
+    ),
+    (
+        "--backbone",
+        "backbone.name",
+        str,
+        "resnet18, resnet50, ... or any timm model as timm:NAME (e.g. timm:vit_tiny_patch16_224)",
+    ),
+    (
+        "--small-stem",
+        "backbone.small_stem",
+        "bool",
+        "ResNet 3x3 stem without max-pool "
+        "(true/false; unset: automatic for images of 64 px or less)",
+    ),
     ("--epochs", "train.epochs", int, "passes over the data (with no budget at all: 100)"),
     ("--steps", "train.steps", int, "optimiser steps"),
-    ("--max-time", "train.max_time", str, "time budget such as 90s, 10m, 1h30m; schedules "
-     "follow it and a checkpoint is written when it runs out"),
-    ("--batch-size", "train.batch_size", int, "images per step (each gives one image per "
-     "view); contrastive methods like large batches, but on a CPU 128-256 trains fastest per "
-     "second"),
-    ("--lr", "optim.lr", float, "learning rate for a batch of 256 (scaled linearly with the "
-     "batch size)"),
+    (
+        "--max-time",
+        "train.max_time",
+        str,
+        "time budget such as 90s, 10m, 1h30m; schedules "
+        "follow it and a checkpoint is written when it runs out",
+    ),
+    (
+        "--batch-size",
+        "train.batch_size",
+        int,
+        "images per step (each gives one image per "
+        "view); contrastive methods like large batches, but on a CPU 128-256 trains fastest per "
+        "second",
+    ),
+    (
+        "--lr",
+        "optim.lr",
+        float,
+        "learning rate for a batch of 256 (scaled linearly with the batch size)",
+    ),
     ("--optimizer", "optim.name", str, "sgd, lars (large batches) or adamw (ViTs)"),
-    ("--precision", "train.precision", str, "auto, bf16, fp16 or fp32; auto picks bf16 on GPUs "
-     "and on CPUs with fast bf16 (AVX-512 bf16 / AMX), about 2x faster than fp32"),
+    (
+        "--precision",
+        "train.precision",
+        str,
+        "auto, bf16, fp16 or fp32; auto picks bf16 on GPUs "
+        "and on CPUs with fast bf16 (AVX-512 bf16 / AMX), about 2x faster than fp32",
+    ),
     ("--device", "train.device", str, "auto, cpu, cuda, cuda:N"),
     ("--seed", "train.seed", int, "seed for weights, data order and augmentations"),
     ("--threads", "train.threads", int, "CPU threads for the model (unset: one per core)"),
     ("--compile", "train.compile", "bool", "torch.compile the model (true/false)"),
-    ("--val-data", "monitor.val_path", str, "labelled folder for the online kNN monitor "
-     "(unset: hold out monitor.holdout labelled training images when labels exist)"),
+    (
+        "--val-data",
+        "monitor.val_path",
+        str,
+        "labelled folder for the online kNN monitor "
+        "(unset: hold out monitor.holdout labelled training images when labels exist)",
+    ),
 ]
 
 
@@ -106,99 +153,193 @@ def build_parser() -> argparse.ArgumentParser:
         "tensorboard/, checkpoints/last.pt and summary.json into --out.",
         formatter_class=_Formatter, epilog=EPILOG_PRETRAIN,
     )  # fmt: skip
-    pt.add_argument("--method", default=None,
-                    help="method name, see `selfsup methods` (default: simclr, or the config's)")
+    pt.add_argument(
+        "--method",
+        default=None,
+        help="method name, see `selfsup methods` (default: simclr, or the config's)",
+    )
     pt.add_argument("--out", default=None, help="run folder (default: runs/<method>)")
     pt.add_argument("--config", default=None, help="YAML config file (default: none)")
-    pt.add_argument("--resume", default=None, metavar="RUN",
-                    help="continue a run folder exactly (step, LR, optimizer, RNG) "
-                    "(default: none)")
-    pt.add_argument("--overwrite", action="store_true",
-                    help="replace an existing --out folder (default: false)")
+    pt.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN",
+        help="continue a run folder exactly (step, LR, optimizer, RNG) (default: none)",
+    )
+    pt.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out folder (default: false)"
+    )
     for flag, key, typ, help_ in PRETRAIN_FLAGS:
         conv = _bool if typ == "bool" else typ
-        pt.add_argument(flag, dest=key, type=conv, default=None,
-                        metavar=flag[2:].upper().replace("-", "_"),
-                        help=f"{help_} (default: {_fmt_default(defaults.get(key))})")
-    pt.add_argument("--no-progress", action="store_true",
-                    help="no progress bar (default: shown)")
-    pt.add_argument("--print-config", action="store_true",
-                    help="print the resolved config and exit (default: false)")
-    pt.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                    help="config overrides, e.g. optim.lr=0.3 method.temperature=0.2")
+        pt.add_argument(
+            flag,
+            dest=key,
+            type=conv,
+            default=None,
+            metavar=flag[2:].upper().replace("-", "_"),
+            help=f"{help_} (default: {_fmt_default(defaults.get(key))})",
+        )
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    pt.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit (default: false)",
+    )
+    pt.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. optim.lr=0.3 method.temperature=0.2",
+    )
 
     # -- eval
-    ev = sub.add_parser("eval", help="evaluate a checkpoint: knn, linear",
-                        formatter_class=_Formatter,
-                        description="Evaluate frozen features of a checkpoint.")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: knn, linear",
+        formatter_class=_Formatter,
+        description="Evaluate frozen features of a checkpoint.",
+    )
     evs = ev.add_subparsers(dest="protocol", metavar="PROTOCOL")
-    knn = evs.add_parser("knn", help="weighted k-nearest-neighbour accuracy",
-                         formatter_class=_Formatter,
-                         description="kNN on frozen features: cosine similarity to the "
-                         "training features, votes weighted by exp(similarity/temperature).")
-    lin = evs.add_parser("linear", help="linear probe with a learning-rate sweep",
-                         formatter_class=_Formatter,
-                         description="Linear probe on frozen features computed once and "
-                         "cached. A sweep of learning rates and weight decays trains in "
-                         "parallel; the best on a validation split carved from --train is "
-                         "applied once to --test.")
+    knn = evs.add_parser(
+        "knn",
+        help="weighted k-nearest-neighbour accuracy",
+        formatter_class=_Formatter,
+        description="kNN on frozen features: cosine similarity to the "
+        "training features, votes weighted by exp(similarity/temperature).",
+    )
+    lin = evs.add_parser(
+        "linear",
+        help="linear probe with a learning-rate sweep",
+        formatter_class=_Formatter,
+        description="Linear probe on frozen features computed once and "
+        "cached. A sweep of learning rates and weight decays trains in "
+        "parallel; the best on a validation split carved from --train is "
+        "applied once to --test.",
+    )
     for e in (knn, lin):
-        e.add_argument("--checkpoint", default=None, metavar="RUN",
-                       help="run folder or checkpoint file (default: none; required unless "
-                       "--random-init with --backbone)")
-        e.add_argument("--train", required=True,
-                       help="labelled training images: folder with class sub-folders or a "
-                       "named set")
-        e.add_argument("--test", required=True, help="labelled test images (folder or named set)")
-        e.add_argument("--data-root", default=None,
-                       help="where named sets are read from (default: ~/.cache/selfsup/data)")
-        e.add_argument("--random-init", action="store_true",
-                       help="evaluate the untrained network with the run's initial weights "
-                       "(the floor) instead of the trained one (default: false)")
-        e.add_argument("--floor", action="store_true",
-                       help="evaluate both the trained and the random-init network and show "
-                       "the gain (default: false)")
-        e.add_argument("--backbone", default="resnet18",
-                       help="backbone for --random-init without a checkpoint (default: resnet18)")
-        e.add_argument("--image-size", type=int, default=None,
-                       help="resolution (default: the checkpoint's, else automatic)")
-        e.add_argument("--limit-train", type=int, default=None,
-                       help="use at most this many training images (default: all)")
-        e.add_argument("--limit-test", type=int, default=None,
-                       help="use at most this many test images (default: all)")
-        e.add_argument("--batch-size", type=int, default=256,
-                       help="feature extraction batch (default: 256)")
+        e.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="RUN",
+            help="run folder or checkpoint file (default: none; required unless "
+            "--random-init with --backbone)",
+        )
+        e.add_argument(
+            "--train",
+            required=True,
+            help="labelled training images: folder with class sub-folders or a "
+            "named set (required)",
+        )
+        e.add_argument(
+            "--test", required=True, help="labelled test images: folder or named set (required)"
+        )
+        e.add_argument(
+            "--data-root",
+            default=None,
+            help="where named sets are read from (default: ~/.cache/selfsup/data)",
+        )
+        e.add_argument(
+            "--random-init",
+            action="store_true",
+            help="evaluate the untrained network with the run's initial weights "
+            "(the floor) instead of the trained one (default: false)",
+        )
+        e.add_argument(
+            "--floor",
+            action="store_true",
+            help="evaluate both the trained and the random-init network and show "
+            "the gain (default: false)",
+        )
+        e.add_argument(
+            "--backbone",
+            default="resnet18",
+            help="backbone for --random-init without a checkpoint (default: resnet18)",
+        )
+        e.add_argument(
+            "--image-size",
+            type=int,
+            default=None,
+            help="resolution (default: the checkpoint's, else automatic)",
+        )
+        e.add_argument(
+            "--limit-train",
+            type=int,
+            default=None,
+            help="use at most this many training images (default: all)",
+        )
+        e.add_argument(
+            "--limit-test",
+            type=int,
+            default=None,
+            help="use at most this many test images (default: all)",
+        )
+        e.add_argument(
+            "--batch-size", type=int, default=256, help="feature extraction batch (default: 256)"
+        )
         e.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-        e.add_argument("--precision", default="auto",
-                       help="auto, bf16, fp32 for feature extraction (default: auto)")
-        e.add_argument("--no-cache", action="store_true",
-                       help="do not read or write <run>/eval_cache features (default: cache)")
-        e.add_argument("--json", action="store_true",
-                       help="print one JSON object on stdout instead of a table (default: false)")
-        e.add_argument("--progress", action="store_true",
-                       help="show feature extraction progress (default: false)")
+        e.add_argument(
+            "--precision",
+            default="auto",
+            help="auto, bf16, fp32 for feature extraction (default: auto)",
+        )
+        e.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not read or write <run>/eval_cache features (default: cache)",
+        )
+        e.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object on stdout instead of a table (default: false)",
+        )
+        e.add_argument(
+            "--progress",
+            action="store_true",
+            help="show feature extraction progress (default: false)",
+        )
     knn.add_argument("--k", type=int, default=200, help="neighbours that vote (default: 200)")
-    knn.add_argument("--temperature", type=float, default=0.1,
-                     help="vote weight exp(sim/T); lower values trust the nearest "
-                     "neighbours more (default: 0.1)")
-    lin.add_argument("--lrs", default=",".join(str(x) for x in _lin_defaults()[0]),
-                     help="comma-separated learning rates to sweep (default: %(default)s)")
-    lin.add_argument("--wds", default=",".join(str(x) for x in _lin_defaults()[1]),
-                     help="comma-separated weight decays to sweep (default: %(default)s)")
-    lin.add_argument("--epochs", type=int, default=30,
-                     help="epochs over the cached features (default: 30)")
-    lin.add_argument("--val-fraction", type=float, default=0.1,
-                     help="fraction of --train held out to choose the sweep's winner "
-                     "(default: 0.1)")
+    knn.add_argument(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="vote weight exp(sim/T); lower values trust the nearest "
+        "neighbours more (default: 0.1)",
+    )
+    lin.add_argument(
+        "--lrs",
+        default=",".join(str(x) for x in _lin_defaults()[0]),
+        help="comma-separated learning rates to sweep (default: %(default)s)",
+    )
+    lin.add_argument(
+        "--wds",
+        default=",".join(str(x) for x in _lin_defaults()[1]),
+        help="comma-separated weight decays to sweep (default: %(default)s)",
+    )
+    lin.add_argument(
+        "--epochs", type=int, default=30, help="epochs over the cached features (default: 30)"
+    )
+    lin.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of --train held out to choose the sweep's winner (default: 0.1)",
+    )
 
     # -- methods, config
-    me = sub.add_parser("methods", help="list registered methods", formatter_class=_Formatter,
-                        description="List the registered self-supervised methods.")
+    me = sub.add_parser(
+        "methods",
+        help="list registered methods",
+        formatter_class=_Formatter,
+        description="List the registered self-supervised methods.",
+    )
     me.add_argument("--json", action="store_true", help="print JSON (default: false)")
-    cf = sub.add_parser("config", help="print a method's full default config as YAML",
-                        formatter_class=_Formatter,
-                        description="Print every config key with its default (YAML), ready "
-                        "to edit and pass back with --config.")
+    cf = sub.add_parser(
+        "config",
+        help="print a method's full default config as YAML",
+        formatter_class=_Formatter,
+        description="Print every config key with its default (YAML), ready "
+        "to edit and pass back with --config.",
+    )
     cf.add_argument("--method", default="simclr", help="method name (default: simclr)")
     return p
 
@@ -267,6 +408,7 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 def cmd_eval(a: argparse.Namespace) -> int:
     from selfsup import api
     from selfsup.config import ConfigError
+    from selfsup.eval import KNNResult, LinearResult
 
     if a.protocol is None:
         raise ConfigError("choose a protocol: selfsup eval knn ... or selfsup eval linear ...")
@@ -289,6 +431,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     def run(random_init: bool) -> dict[str, Any]:
         model = model_for(random_init)
+        r: KNNResult | LinearResult
         extra = {"random_init": random_init} if isinstance(model, str) else {}
         if a.protocol == "knn":
             r = api.evaluate_knn(model, a.train, a.test, k=a.k, temperature=a.temperature,

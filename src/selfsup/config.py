@@ -194,15 +194,16 @@ def method_config_class(name: str) -> type[MethodConfig]:
 
 def schema(method: str) -> DictConfig:
     """The structured config (defaults) for ``method``."""
-    cfg = Config(method=method_config_class(method)())
-    return OmegaConf.structured(cfg)
+    cfg = OmegaConf.structured(Config(method=method_config_class(method)()))
+    assert isinstance(cfg, DictConfig)
+    return cfg
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
-        for k in node.keys():
-            full = f"{prefix}{k}"
+        for k in node:
+            full = f"{prefix}{k!s}"
             keys.append(full)
             keys.extend(_all_keys(node._get_node(k), full + "."))
     return keys
@@ -239,7 +240,9 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
 def _load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; check the path given to --config.")
+        raise ConfigError(
+            f"config file {str(p)!r} does not exist; check the path given to --config."
+        )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:

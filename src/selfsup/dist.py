@@ -38,13 +38,15 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         out = [torch.zeros_like(x) for _ in range(tdist.get_world_size())]
         tdist.all_gather(out, x.contiguous())
         return tuple(out)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> torch.Tensor:
         all_grads = torch.stack(grads)
         tdist.all_reduce(all_grads)
         return all_grads[tdist.get_rank()]

@@ -79,7 +79,9 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
             net = timm.create_model(name, **args)
     else:
         net = timm.create_model(name, **args)
-    return Backbone(net, int(net.num_features), "timm:" + name)
+    dim = net.num_features
+    assert isinstance(dim, int)
+    return Backbone(net, dim, "timm:" + name)
 
 
 def list_backbones() -> list[str]:
@@ -121,7 +123,7 @@ def load_weights(bb: Backbone, path: str) -> None:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(p))
+        state: Any = load_file(str(p))
     else:
         state = torch.load(p, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:

@@ -23,7 +23,7 @@ MAX_RETRIES = 20
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A distinct 63-bit seed per (run seed, epoch, position)."""
-    h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB)
+    h = seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB
     h ^= h >> 31
     return h % (2**63 - 1)
 
@@ -63,7 +63,7 @@ class _Loader:
                 x = to_uint8_tensor(img)
                 labels = self.source.labels
                 return x, (labels[index] if labels is not None else -1), skipped
-            except Exception as err:  # noqa: BLE001 - any decoding failure is reported
+            except Exception as err:
                 where = self.source.describe(index)
                 if self.bad_files == "fail":
                     raise DataError(
@@ -132,7 +132,7 @@ class EvalDataset(Dataset[tuple[torch.Tensor, int, bool]]):
         label = labels[index] if labels is not None else -1
         try:
             img = to_mode(self.source.load(index), self.channels)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if self.bad_files == "fail":
                 raise DataError(
                     f"cannot read image {self.source.describe(index)}: {err}. Fix or remove it."

@@ -40,9 +40,14 @@ class DataError(ValueError):
 class ImageSource(Protocol):
     """What the loaders need from a data set."""
 
-    labels: list[int] | None  # -1 marks an unlabelled item
-    classes: list[str]
-    name: str
+    @property
+    def labels(self) -> list[int] | None: ...  # -1 marks an unlabelled item
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def name(self) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -124,6 +129,8 @@ class TorchvisionSource:
         import torchvision.datasets as tvd
 
         self.name = f"{name}:{split}"
+        self.labels: list[int] | None = None
+        self.classes: list[str] = []
         try:
             if name in ("cifar10", "cifar100"):
                 cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100

@@ -62,7 +62,7 @@ def linear_probe(
     keep = train_labels >= 0
     x_all, y_all = train_features[keep].float(), train_labels[keep]
     n = x_all.shape[0]
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = max(1, round(n * val_fraction))
     if n - n_val < 2:
         raise ValueError(f"need more labelled training features for a linear probe (have {n})")
     val_idx, tr_idx = stratified_split(y_all.tolist(), n, n_val, seed)
@@ -101,7 +101,7 @@ def linear_probe(
             loss = F.cross_entropy(logits.reshape(-1, c), yb.repeat(h), reduction="sum") / len(yb)
             loss = loss + 0.5 * (wd_vec[:, None, None] * w.pow(2)).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             scale = schedules.cosine(step, total, 1.0, 0.0)
             assert w.grad is not None and b.grad is not None
             w.grad.mul_(lr_vec[:, None, None] * scale)
@@ -120,8 +120,12 @@ def linear_probe(
     with torch.no_grad():
         test_scores = x_te @ best_w[j] + best_b[j]
     sweep = [
-        {"lr": grid[i][0], "weight_decay": grid[i][1], "val_top1": float(best_acc[i]),
-         "epoch": int(best_epoch[i])}
+        {
+            "lr": grid[i][0],
+            "weight_decay": grid[i][1],
+            "val_top1": float(best_acc[i]),
+            "epoch": int(best_epoch[i]),
+        }
         for i in range(h)
     ]
     return LinearResult(

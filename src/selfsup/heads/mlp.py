@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,7 @@ class MLP(nn.Sequential):
             raise ValueError(f"an MLP needs at least input and output sizes, got {list(dims)}")
         layers: list[nn.Module] = []
         n = len(dims) - 1
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = i == n - 1
             use_bn = (batch_norm and not last) or (last and last_bn)
             # A bias right before BatchNorm is redundant.
@@ -41,7 +42,9 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)  # type: ignore[no-any-return]
+        for layer in self:
+            x = layer(x)
+        return x
 
 
 class SimCLRProjectionHead(MLP):

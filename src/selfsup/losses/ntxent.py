@@ -37,7 +37,9 @@ class NTXentLoss(nn.Module):
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         """``z0``, ``z1``: (N, D) embeddings of two views of the same N images -> scalar."""
         if z0.shape != z1.shape or z0.ndim != 2:
-            raise ValueError(f"expected two (N, D) tensors of equal shape, got {z0.shape}, {z1.shape}")
+            raise ValueError(
+                f"expected two (N, D) tensors of equal shape, got {z0.shape}, {z1.shape}"
+            )
         n = z0.shape[0]
         z0 = F.normalize(z0.float(), dim=1)
         z1 = F.normalize(z1.float(), dim=1)

@@ -68,7 +68,7 @@ class Method(nn.Module):
         return [self]
 
     @torch.no_grad()
-    def on_step_end(self, info: StepInfo) -> None:  # noqa: B027 (optional hook)
+    def on_step_end(self, info: StepInfo) -> None:
         """Called after each optimiser step, e.g. for EMA teacher updates."""
 
     def default_transform(

@@ -27,7 +27,7 @@ class CheckpointError(ValueError):
 
 def capture_rng() -> dict[str, Any]:
     """The state of every random stream training uses."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

@@ -41,7 +41,9 @@ class MetricsLogger:
 
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
-                warnings.warn("tensorboard is not installed; logging to metrics.csv only.", stacklevel=2)
+                warnings.warn(
+                    "tensorboard is not installed; logging to metrics.csv only.", stacklevel=2
+                )
 
     def log(self, row: dict[str, Any]) -> None:
         if self.columns is None:

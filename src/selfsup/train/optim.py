@@ -38,7 +38,7 @@ class LARS(Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def,override]
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             for p in group["params"]:

@@ -215,7 +215,7 @@ class Trainer:
 
         old: dict[int, Any] = {}
         try:
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (int(signal.SIGINT), int(signal.SIGTERM)):
                 old[s] = signal.signal(s, handler)
         except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
             pass
@@ -259,7 +259,7 @@ class Trainer:
 
         method.to(device)
         if t.channels_last:
-            method.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+            method.to(memory_format=torch.channels_last)
         transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
         dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
         workers = default_workers(cfg.data.num_workers)
@@ -425,7 +425,9 @@ class Trainer:
                             else:
                                 loss.backward()
                             if cfg.optim.grad_clip:
-                                params = [q for m in method.trainable_modules() for q in m.parameters()]
+                                params = [
+                                    q for m in method.trainable_modules() for q in m.parameters()
+                                ]
                                 nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                             if world > 1:
                                 _all_reduce_grads(method.trainable_modules())

@@ -64,7 +64,9 @@ def simclr_view(
     if cfg.gray_prob > 0 and channels == 3:
         ops.append(v2.RandomGrayscale(cfg.gray_prob))
     if blur_p > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), (0.1, 2.0))], p=blur_p))
+        ops.append(
+            v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), (0.1, 2.0))], p=blur_p)
+        )
     if cfg.solarize_prob > 0:
         ops.append(v2.RandomSolarize(128, p=cfg.solarize_prob))
     ops.append(normalize(mean, std))

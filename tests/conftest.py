@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", SHARED / "cifar10"))
+
+
+@pytest.fixture(scope="session")
+def cifar10() -> Path:
+    """The shared CIFAR-10 (ImageFolder layout: train/<class>/*.jpg, test/<class>/*.jpg)."""
+    if not (CIFAR10 / "train").is_dir():
+        pytest.fail(
+            f"CIFAR-10 not found at {CIFAR10}; tests read ../shared/datasets/cifar10 "
+            "(or set SELFSUP_CIFAR10)."
+        )
+    return CIFAR10
+
+
+def make_images(
+    root: Path, classes: int = 2, per_class: int = 8, size: int = 20, depth: int = 1, seed: int = 0
+) -> Path:
+    """A labelled folder of small random PNGs: root/<class>/[sub/]img.png."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        for _ in range(depth - 1):
+            d = d / "nested"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            arr[..., c % 3] = 200  # a class-dependent colour
+            Image.fromarray(arr).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_images(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+import selfsup
+from selfsup.config import MethodConfig
+from selfsup.methods.base import Method
+from selfsup.registry import (
+    _METHODS,
+    UnknownNameError,
+    get_method_class,
+    list_methods,
+    register_method,
+)
+
+
+def test_builtin_methods_registered() -> None:
+    assert "simclr" in list_methods()
+    assert list_methods("sim*") == [n for n in list_methods() if n.startswith("sim")]
+    assert get_method_class("simclr").__name__ == "SimCLR"
+
+
+def test_unknown_method_suggests_close_names() -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean simclr"):
+        get_method_class("simclrr")
+    with pytest.raises(selfsup.ConfigError, match="unknown method 'nope'"):
+        selfsup.make_config("nope")
+
+
+def test_register_new_method_and_refuse_duplicates() -> None:
+    @dataclass
+    class ToyConfig(MethodConfig):
+        name: str = "toy-test"
+
+    try:
+
+        @register_method("toy-test")
+        class Toy(Method):
+            Config = ToyConfig
+
+        assert "toy-test" in list_methods("toy*")
+        assert get_method_class("toy-test") is Toy
+        cfg = selfsup.make_config("toy-test")
+        assert cfg.method.name == "toy-test"
+        with pytest.raises(ValueError, match="already registered"):
+
+            @register_method("toy-test")
+            class Toy2(Method):
+                Config = ToyConfig
+    finally:
+        _METHODS.pop("toy-test", None)

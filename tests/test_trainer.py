@@ -1,0 +1,141 @@
+"""The Trainer: exact resume, budgets, checkpoints, run folders, non-finite losses."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import make_images
+
+import selfsup
+from selfsup import schedules
+from selfsup.config import ConfigError
+from selfsup.train import TrainingError
+from selfsup.train import checkpoint as ckpt_io
+
+TINY = dict(
+    batch_size=8,
+    image_size=16,
+    progress=False,
+    overrides=["monitor.knn=false", "train.log_every=1", "method.proj_hidden_dim=64"],
+)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_images(tmp_path / "imgs", classes=2, per_class=12)
+
+
+def _losses(run: Path) -> list[tuple[int, str]]:
+    with open(run / "metrics.csv") as f:
+        return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(run)["method"]  # type: ignore[no-any-return]
+
+
+def test_resume_continues_the_exact_loss_curve(folder: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = selfsup.pretrain("simclr", data=str(folder), out=a, steps=7, workers=0, **TINY)
+    assert full.state.step == 7 and full.state.epoch == 2  # 24 images / 8 = 3 steps an epoch
+    part = selfsup.pretrain("simclr", data=str(folder), out=b, steps=7, workers=2,
+                            stop_at_step=4, **TINY)  # fmt: skip
+    assert part.state.step == 4 and part.stopped_by == "stop_at_step"
+    resumed = selfsup.pretrain(resume=b, progress=False, workers=0)
+    assert resumed.state.step == 7
+    # Same losses at every step (exact: CPU, fixed seed, per-sample augmentation seeds,
+    # whatever the number of data workers), same final weights and optimiser state.
+    assert _losses(b) == _losses(a) and len(_losses(a)) == 7
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa, ob = ckpt_io.load(a)["optimizer"], ckpt_io.load(b)["optimizer"]
+    assert all(torch.equal(oa["state"][k]["momentum_buffer"], ob["state"][k]["momentum_buffer"])
+               for k in oa["state"])  # fmt: skip
+
+
+def test_resume_can_extend_the_budget(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    selfsup.pretrain("simclr", data=str(folder), out=run, steps=2, workers=0, **TINY)
+    res = selfsup.pretrain(resume=run, steps=4, progress=False)
+    assert res.state.step == 4 and selfsup.load_config(run).train.steps == 4
+
+
+def test_time_budget_stops_and_saves(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "t"
+    res = selfsup.pretrain("simclr", data=str(folder), out=run, max_time="5s", workers=0, **TINY)
+    assert res.state.finished and 5.0 <= res.state.elapsed < 25
+    ck = ckpt_io.load(run)
+    assert ck["state"]["step"] == res.state.step and ck["state"]["finished"]
+    # The lr of each step is the cosine of the time used before it (schedules follow the
+    # time budget): rows are logged every step with the elapsed time after it.
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["lr"]]
+    peak = float(rows[0]["lr"])
+    assert len(rows) == res.state.step >= 2
+    for prev, row in itertools.pairwise(rows):
+        expected = schedules.cosine(float(prev["elapsed_s"]), 5.0, peak, 0.0)
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-3, abs=1e-9)
+
+
+def test_run_folder_contents_and_checkpoint_is_safe_to_load(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "c"
+    selfsup.pretrain("simclr", data=str(folder), out=run, epochs=2, workers=0, **TINY)
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt",
+                 "checkpoints/previous.pt"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents*"))
+    ck = torch.load(run / "checkpoints/last.pt", weights_only=True)  # no code execution
+    assert ck["config"]["method"]["name"] == "simclr" and ck["config"]["data"]["image_size"] == 16
+    assert ck["config"]["backbone"]["small_stem"] is True  # resolved, not "auto"
+    model = selfsup.load_method(run)
+    assert all(torch.equal(v, ck["method"][k]) for k, v in model.state_dict().items())
+    init = selfsup.load_method(run, random_init=True)
+    assert not torch.equal(init.backbone.net.conv1.weight, model.backbone.net.conv1.weight)
+    # The random init is the run's own starting point: the same every time.
+    again = selfsup.load_method(run, random_init=True)
+    assert torch.equal(init.backbone.net.conv1.weight, again.backbone.net.conv1.weight)
+
+
+def test_existing_run_folder_is_not_overwritten(folder: Path, tmp_path: Path) -> None:
+    run = tmp_path / "o"
+    selfsup.pretrain("simclr", data=str(folder), out=run, steps=1, workers=0, **TINY)
+    with pytest.raises(ConfigError, match="--resume"):
+        selfsup.pretrain("simclr", data=str(folder), out=run, steps=1, workers=0, **TINY)
+    selfsup.pretrain(
+        "simclr", data=str(folder), out=run, steps=1, workers=0, overwrite=True, **TINY
+    )
+
+
+def test_batch_larger_than_data(folder: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {**TINY, "batch_size": 64}
+    with pytest.raises(ConfigError, match="fewer than one batch"):
+        selfsup.pretrain("simclr", data=str(folder), out=tmp_path / "x", steps=1, **kw)
+
+
+def test_non_finite_loss_is_skipped_then_stops(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfsup.methods.simclr import SimCLR
+
+    real = SimCLR.training_step
+    calls = {"n": 0}
+
+    def flaky(self: SimCLR, views: Any, info: Any) -> Any:
+        loss, logs = real(self, views, info)
+        calls["n"] += 1
+        if calls["n"] == 2 or calls["n"] > 3:
+            loss = loss * float("nan")
+        return loss, logs
+
+    monkeypatch.setattr(SimCLR, "training_step", flaky)
+    run = tmp_path / "n"
+    with pytest.raises(TrainingError, match="not finite for 5 steps"):
+        selfsup.pretrain("simclr", data=str(folder), out=run, steps=50, workers=0, **TINY)
+    ck = ckpt_io.load(run)  # written at the first epoch end, before the losses went bad
+    assert all(torch.isfinite(v).all() for v in ck["method"].values() if v.is_floating_point())
