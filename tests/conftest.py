@@ -8,7 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+def _shared() -> Path:
+    """``../shared/datasets`` beside the repository (searched upwards from the tests)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "shared" / "datasets"
+        if cand.is_dir():
+            return cand
+    return here.parents[2] / "shared" / "datasets"
+
+
+SHARED = _shared()
 CIFAR10 = Path(os.environ.get("SELFSUP_CIFAR10", SHARED / "cifar10"))
 
 

@@ -139,3 +139,30 @@ def test_non_finite_loss_is_skipped_then_stops(
         selfsup.pretrain("simclr", data=str(folder), out=run, steps=50, workers=0, **TINY)
     ck = ckpt_io.load(run)  # written at the first epoch end, before the losses went bad
     assert all(torch.isfinite(v).all() for v in ck["method"].values() if v.is_floating_point())
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(folder: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "sig"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfsup", "pretrain", "--data", str(folder), "--out", str(run),
+         "--steps", "100000", "--batch-size", "8", "--image-size", "16", "--workers", "0",
+         "--no-progress", "monitor.knn=false", "train.log_every=1", "method.proj_hidden_dim=32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in out + err and "signal SIGTERM" in out
+    state = ckpt_io.load(run)["state"]
+    assert state["step"] >= 1 and not state["finished"]
+    res = selfsup.pretrain(resume=run, steps=state["step"] + 2, progress=False)
+    assert res.state.step == state["step"] + 2 and res.state.finished

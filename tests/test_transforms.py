@@ -5,7 +5,7 @@ import torch
 
 import selfsup
 from selfsup.config import IMAGENET_MEAN, IMAGENET_STD
-from selfsup.transforms import SimCLRViewsConfig, eval_transform, simclr_view
+from selfsup.transforms import ViewsConfig, eval_transform, view_transform
 
 
 def _img(c: int = 3, h: int = 40, w: int = 50) -> torch.Tensor:
@@ -28,7 +28,7 @@ def test_simclr_views_shape_dtype_and_normalisation(size: int) -> None:
 
 
 def test_views_are_seeded() -> None:
-    t = simclr_view(SimCLRViewsConfig(), 32, IMAGENET_MEAN, IMAGENET_STD)
+    t = view_transform(ViewsConfig(), 32, IMAGENET_MEAN, IMAGENET_STD)
     img = _img()
     torch.manual_seed(5)
     a = t(img)
@@ -38,7 +38,7 @@ def test_views_are_seeded() -> None:
 
 
 def test_grayscale_single_channel() -> None:
-    t = simclr_view(SimCLRViewsConfig(), 28, [0.5], [0.25], channels=1)
+    t = view_transform(ViewsConfig(), 28, [0.5], [0.25], channels=1)
     v = t(_img(c=1, h=28, w=28))
     assert v.shape == (1, 28, 28)
 
@@ -46,12 +46,12 @@ def test_grayscale_single_channel() -> None:
 def test_augmentation_statistics() -> None:
     # With everything but the crop disabled, a constant image stays constant; with
     # grayscale forced, the three channels of a colour image become equal.
-    cfg = SimCLRViewsConfig(cj_prob=0.0, gray_prob=1.0, hflip_prob=0.0)
-    t = simclr_view(cfg, 16, [0.0] * 3, [1.0] * 3)
+    cfg = ViewsConfig(cj_prob=0.0, gray_prob=1.0, hflip_prob=0.0)
+    t = view_transform(cfg, 16, [0.0] * 3, [1.0] * 3)
     v = t(_img())
     assert torch.allclose(v[0], v[1], atol=1e-2) and torch.allclose(v[1], v[2], atol=1e-2)
     const = torch.full((3, 20, 20), 128, dtype=torch.uint8)
-    v = simclr_view(SimCLRViewsConfig(cj_prob=0.0, gray_prob=0.0), 16, [0.0] * 3, [1.0] * 3)(const)
+    v = view_transform(ViewsConfig(cj_prob=0.0, gray_prob=0.0), 16, [0.0] * 3, [1.0] * 3)(const)
     assert torch.allclose(v, torch.full_like(v, 128 / 255), atol=1e-3)
 
 

@@ -79,3 +79,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     tdist.all_reduce(y)
     return y
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``x`` over ranks (a new tensor; no gradient)."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    tdist.all_reduce(y, op=tdist.ReduceOp.MAX)
+    return y

@@ -79,6 +79,12 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
             net = timm.create_model(name, **args)
     else:
         net = timm.create_model(name, **args)
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(net, VisionTransformer):
+        from selfsup.backbones.vit import ViTBackbone
+
+        return ViTBackbone(net, "timm:" + name)
     dim = net.num_features
     assert isinstance(dim, int)
     return Backbone(net, dim, "timm:" + name)

@@ -48,6 +48,8 @@ class Method(nn.Module):
     # Methods with in-batch negatives or batch statistics cannot emulate a large batch by
     # gradient accumulation.
     batch_coupled: ClassVar[bool] = True
+    # Methods that need token-level access (MAE, iBOT) work with ViT backbones only.
+    needs_vit: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -66,6 +68,10 @@ class Method(nn.Module):
     def trainable_modules(self) -> list[nn.Module]:
         """Modules the optimiser updates (and DDP wraps). Teachers are excluded."""
         return [self]
+
+    def on_after_backward(self, info: StepInfo) -> None:
+        """Called after gradients are computed and before the optimiser step, e.g. to
+        cancel the gradients of a layer frozen early in training (DINO, SwAV)."""
 
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:

@@ -13,7 +13,7 @@ from selfsup.heads import SimCLRProjectionHead
 from selfsup.losses import NTXentLoss
 from selfsup.methods.base import Method, StepInfo
 from selfsup.registry import register_method
-from selfsup.transforms import MultiView, SimCLRViewsConfig, simclr_view
+from selfsup.transforms import MultiView, ViewsConfig, two_views
 
 
 @dataclass
@@ -26,7 +26,7 @@ class SimCLRConfig(MethodConfig):
     proj_output_dim: int = 128
     # Two layers in SimCLR v1; SimCLR v2 uses three.
     proj_layers: int = 2
-    views: SimCLRViewsConfig = field(default_factory=SimCLRViewsConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
 
 
 @register_method("simclr")
@@ -64,5 +64,4 @@ class SimCLR(Method):
     def default_transform(
         self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
     ) -> MultiView:
-        view = simclr_view(self.cfg.views, image_size, mean, std, channels)
-        return MultiView([view, view])
+        return two_views(self.cfg.views, image_size, mean, std, channels)

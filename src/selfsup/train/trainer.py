@@ -340,6 +340,8 @@ class Trainer:
         bar = tqdm(
             total=total_steps or None, initial=state.step, disable=not (self.progress and main),
             unit="step", dynamic_ncols=True, desc=cfg.method.name,
+            # In a log file (not a terminal) a line every 30 s, not every step.
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )  # fmt: skip
         window: dict[str, float] = {}
         window_n = 0
@@ -424,6 +426,7 @@ class Trainer:
                                 scaler.unscale_(optimizer)
                             else:
                                 loss.backward()
+                            method.on_after_backward(info)
                             if cfg.optim.grad_clip:
                                 params = [
                                     q for m in method.trainable_modules() for q in m.parameters()

@@ -1,12 +1,27 @@
-"""Augmentations: multi-view wrappers and one preset per method."""
+"""Augmentations: multi-view wrappers and one preset per method family."""
 
 from selfsup.transforms.base import MultiView, eval_transform, to_uint8_tensor
-from selfsup.transforms.simclr import SimCLRViewsConfig, simclr_view
+from selfsup.transforms.views import (
+    MaskedViewsConfig,
+    MultiCropConfig,
+    ViewsConfig,
+    local_crop_size,
+    masked_view,
+    multi_crop,
+    two_views,
+    view_transform,
+)
 
 __all__ = [
+    "MaskedViewsConfig",
+    "MultiCropConfig",
     "MultiView",
-    "SimCLRViewsConfig",
+    "ViewsConfig",
     "eval_transform",
-    "simclr_view",
+    "local_crop_size",
+    "masked_view",
+    "multi_crop",
     "to_uint8_tensor",
+    "two_views",
+    "view_transform",
 ]

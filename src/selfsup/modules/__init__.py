@@ -1,0 +1,16 @@
+"""Building blocks shared by several methods: EMA teachers, memory queues, Sinkhorn-Knopp,
+patch masking. Pure PyTorch, no training-loop code."""
+
+from selfsup.modules.ema import ema_update, frozen_copy
+from selfsup.modules.masking import block_mask, random_masking
+from selfsup.modules.queue import FeatureQueue
+from selfsup.modules.sinkhorn import sinkhorn_knopp
+
+__all__ = [
+    "FeatureQueue",
+    "block_mask",
+    "ema_update",
+    "frozen_copy",
+    "random_masking",
+    "sinkhorn_knopp",
+]

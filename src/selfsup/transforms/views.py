@@ -1,0 +1,171 @@
+"""View presets: the SimCLR augmentation family (SimCLR, MoCo, BYOL, SimSiam, Barlow
+Twins, VICReg), multi-crop (SwAV, DINO) and the light crops of masked image modelling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torchvision.transforms import v2
+
+from selfsup.transforms.base import MultiView, normalize
+
+# Above this image size the papers' Gaussian blur is used by default; on CIFAR-sized images
+# it hurts (SimCLR, Appendix B.9), so it is off at or below.
+BLUR_MIN_SIZE = 64
+
+
+@dataclass
+class ViewsConfig:
+    """Augmentations of SimCLR (Chen et al., 2020, Appendix A): random resized crop, flip,
+    colour jitter, random grayscale, Gaussian blur, and solarisation (BYOL). Blur and
+    solarisation take one probability per view where papers make the views asymmetric
+    (BYOL: blur 1.0 / 0.1, solarise 0 / 0.2); a single value applies to every view."""
+
+    # Random resized crop area range, as fractions of the image.
+    min_scale: float = 0.08
+    max_scale: float = 1.0
+    # Colour jitter strength s. SimCLR uses 1.0 on ImageNet and 0.5 on CIFAR-10.
+    cj_strength: float = 0.5
+    cj_prob: float = 0.8
+    # Brightness, contrast, saturation, hue jitter as multiples of s (SimCLR: 0.8 0.8 0.8
+    # 0.2; BYOL: 0.8 0.8 0.4 0.2 at s = 0.5).
+    cj_ratios: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.2])
+    gray_prob: float = 0.2
+    # Gaussian blur probability, per view. Unset: 0.5 above 64 px, 0 at or below.
+    blur_prob: list[float] | None = None
+    solarize_prob: list[float] = field(default_factory=lambda: [0.0])
+    hflip_prob: float = 0.5
+
+
+@dataclass
+class MultiCropConfig(ViewsConfig):
+    """Multi-crop (SwAV, Caron et al., 2020; DINO, Caron et al., 2021): a few global crops
+    at full resolution plus several small local crops that only the student sees."""
+
+    min_scale: float = 0.25
+    global_crops: int = 2
+    local_crops: int = 6
+    # Local crop size in pixels. Unset: 3/7 of the image size (96 for 224 as in DINO).
+    local_size: int | None = None
+    local_min_scale: float = 0.05
+    local_max_scale: float = 0.25
+    # Blur probability of local crops (DINO: 0.5). Unset: follows the image size rule.
+    local_blur_prob: float | None = None
+
+
+@dataclass
+class MaskedViewsConfig:
+    """The light augmentation of masked image modelling (MAE, He et al., 2022): random
+    resized crop and horizontal flip only."""
+
+    min_scale: float = 0.2
+    max_scale: float = 1.0
+    hflip_prob: float = 0.5
+
+
+def _pick(values: Sequence[float] | None, index: int, default: float) -> float:
+    if values is None or len(values) == 0:
+        return default
+    return float(values[index] if index < len(values) else values[-1])
+
+
+def _blur_kernel(size: int) -> int:
+    k = max(3, int(0.1 * size))  # 10% of the image side, odd (SimCLR)
+    return k if k % 2 == 1 else k + 1
+
+
+def view_transform(
+    cfg: ViewsConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 3,
+    index: int = 0,
+    scale: tuple[float, float] | None = None,
+    blur_prob: float | None = None,
+) -> v2.Compose:
+    """View number ``index`` of the family: uint8 (C, H, W) -> float32 (C, size, size)."""
+    s = cfg.cj_strength
+    rb, rc, rs, rh = (list(cfg.cj_ratios) + [0.0] * 4)[:4]
+    if channels == 3:
+        jitter = v2.ColorJitter(rb * s, rc * s, rs * s, rh * s)
+    else:  # saturation and hue do not exist for single-channel images
+        jitter = v2.ColorJitter(rb * s, rc * s)
+    auto_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
+    p_blur = blur_prob if blur_prob is not None else _pick(cfg.blur_prob, index, auto_blur)
+    p_sol = _pick(cfg.solarize_prob, index, 0.0)
+    lo, hi = scale or (cfg.min_scale, cfg.max_scale)
+    ops: list[torch.nn.Module] = [
+        v2.RandomResizedCrop(image_size, scale=(lo, hi), antialias=True),
+        v2.RandomHorizontalFlip(cfg.hflip_prob),
+    ]
+    if cfg.cj_prob > 0 and s > 0:
+        ops.append(v2.RandomApply([jitter], p=cfg.cj_prob))
+    if cfg.gray_prob > 0 and channels == 3:
+        ops.append(v2.RandomGrayscale(cfg.gray_prob))
+    if p_blur > 0:
+        ops.append(
+            v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), (0.1, 2.0))], p=p_blur)
+        )
+    if p_sol > 0:
+        ops.append(v2.RandomSolarize(128, p=p_sol))
+    ops.append(normalize(mean, std))
+    return v2.Compose(ops)
+
+
+def two_views(
+    cfg: ViewsConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 3,
+) -> MultiView:
+    """The two views of SimCLR, MoCo, BYOL, SimSiam, Barlow Twins and VICReg."""
+    return MultiView([view_transform(cfg, image_size, mean, std, channels, i) for i in range(2)])
+
+
+def local_crop_size(cfg: MultiCropConfig, image_size: int) -> int:
+    return cfg.local_size or max(8, round(image_size * 3 / 7))
+
+
+def multi_crop(
+    cfg: MultiCropConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 3,
+) -> MultiView:
+    """``global_crops`` views at ``image_size``, then ``local_crops`` small views."""
+    views = [
+        view_transform(cfg, image_size, mean, std, channels, i) for i in range(cfg.global_crops)
+    ]
+    size = local_crop_size(cfg, image_size)
+    local_blur = cfg.local_blur_prob
+    if local_blur is None:
+        local_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
+    local = view_transform(
+        cfg, size, mean, std, channels, index=cfg.global_crops,
+        scale=(cfg.local_min_scale, cfg.local_max_scale), blur_prob=local_blur,
+    )  # fmt: skip
+    # Local crops are never solarised (DINO).
+    local.transforms = [t for t in local.transforms if not isinstance(t, v2.RandomSolarize)]
+    return MultiView(views + [local] * cfg.local_crops)
+
+
+def masked_view(
+    cfg: MaskedViewsConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> MultiView:
+    """One lightly augmented view (MAE)."""
+    t = v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(cfg.min_scale, cfg.max_scale), antialias=True),
+            v2.RandomHorizontalFlip(cfg.hflip_prob),
+            normalize(mean, std),
+        ]
+    )
+    return MultiView([t])
