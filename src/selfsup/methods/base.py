@@ -83,6 +83,17 @@ class Method(nn.Module):
         """The method's multi-view augmentation: uint8 (C, H, W) -> list of float views."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures of what the method does, for a fixed batch of evaluation images
+        (B, C, H, W), normalised like the training views.
+
+        Returns named image grids (K, C, H, W) in the same normalised space (the Trainer
+        undoes the normalisation and saves ``figures/<name>_step<N>.png`` with B images a
+        row at every epoch end and at the end of training). Default: nothing.
+        """
+        return {}
+
     def feature_extractor(self) -> nn.Module:
         """The network whose (B, D) output is the learned representation."""
         return self.backbone

@@ -309,6 +309,23 @@ class Trainer:
             ckpt_io.save_atomic(obj, out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST)
 
         monitor_results: dict[str, float] = {}
+        wants_pictures = type(method).visualize is not Method.visualize and main and out is not None
+        fixed_batch = _fixed_batch(source, image_size, cfg, channels) if wants_pictures else None
+
+        def save_pictures() -> None:
+            if fixed_batch is None or out is None:
+                return
+            was = method.training
+            method.eval()
+            try:
+                x = fixed_batch.to(device)
+                if t.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, precision):
+                    grids = method.visualize(x)
+            finally:
+                method.train(was)
+            _save_grids(grids, out / "figures", state.step, cfg.data.mean, cfg.data.std, len(x))
 
         def run_monitor() -> None:
             if monitor is None:
@@ -498,11 +515,13 @@ class Trainer:
                         break
                     if epoch_end and not done():
                         save()
+                        save_pictures()
                         if state.epoch % max(1, cfg.monitor.every_epochs) == 0:
                             run_monitor()
                 state.finished = done()
                 save()
                 if state.finished:
+                    save_pictures()
                     run_monitor()
         finally:
             bar.close()
@@ -539,3 +558,29 @@ def _all_reduce_grads(modules: list[nn.Module]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _fixed_batch(
+    source: ImageSource, image_size: int, cfg: Config, channels: int, n: int = 8
+) -> torch.Tensor:
+    """The same few evaluation-transformed images at every epoch (for pictures)."""
+    from selfsup.data import EvalDataset
+    from selfsup.transforms import eval_transform
+
+    ds = EvalDataset(source, eval_transform(image_size, cfg.data.mean, cfg.data.std), image_size,
+                     channels, "skip")  # fmt: skip
+    n = min(n, len(source))
+    step = max(1, len(source) // n)
+    return torch.stack([ds[i * step][0] for i in range(n)])
+
+
+def _save_grids(grids: dict[str, torch.Tensor], folder: Path, step: int, mean: list[float],
+                std: list[float], per_row: int) -> None:  # fmt: skip
+    from torchvision.utils import save_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    for name, imgs in grids.items():
+        pix = (imgs.detach().float().cpu() * s + m).clamp(0, 1)
+        save_image(pix, folder / f"{name}_step{step}.png", nrow=per_row, padding=1)
