@@ -17,7 +17,6 @@ from selfsup.data import (
     stratified_split,
     subset,
 )
-from selfsup.data.loader import to_mode
 
 
 def test_labelled_folder_at_any_depth(tmp_path: Path) -> None:
@@ -106,12 +105,6 @@ def test_bad_files_skip_or_fail(tiny_folder: Path) -> None:
     assert views[0].shape == (3, 16, 16) and len(skipped) == 1 and str(bad) in skipped[0]
     with pytest.raises(DataError, match=r"000\.png.*bad_files=skip"):
         ViewDataset(src, t, bad_files="fail")[(i, 7)]
-
-
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA"])
-def test_modes_convert_to_rgb(mode: str) -> None:
-    img = Image.new(mode, (6, 5))
-    assert to_mode(img, 3).mode == "RGB" and to_mode(img, 1).mode == "L"
 
 
 def test_subset_limit(cifar10: Path) -> None:

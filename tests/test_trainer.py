@@ -166,3 +166,36 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(folder: Path, tmp_path: 
     assert state["step"] >= 1 and not state["finished"]
     res = selfsup.pretrain(resume=run, steps=state["step"] + 2, progress=False)
     assert res.state.step == state["step"] + 2 and res.state.finished
+
+
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(
+    folder: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--data", str(folder), "--steps", "8", "--batch-size", "8", "--image-size", "16",
+            "--workers", "0", "--no-progress", "monitor.knn=false", "train.log_every=1",
+            "method.proj_hidden_dim=32", "train.checkpoint_every=0s"]  # fmt: skip
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run([sys.executable, "-m", "selfsup", "pretrain", "--out", str(ref), *args],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", "pretrain", "--out", str(run), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        metrics = run / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:  # 4 steps logged
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    state = ckpt_io.load(run)["state"]
+    assert 1 <= state["step"] < 8 and state["epoch_pos"] % 8 == 0
+    selfsup.pretrain(resume=run, progress=False)
+    wa, wb = _weights(ref), _weights(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
+    assert _losses(ref) == _losses(run)

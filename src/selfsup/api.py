@@ -51,6 +51,8 @@ SHORTCUTS: dict[str, str] = {
     "backbone": "backbone.name",
     "small_stem": "backbone.small_stem",
     "in_chans": "backbone.in_chans",
+    "channels": "backbone.in_chans",
+    "normalize": "data.normalize",
     "epochs": "train.epochs",
     "steps": "train.steps",
     "max_time": "train.max_time",
@@ -123,8 +125,10 @@ def create_method(
 # ----------------------------------------------------------------------------- data
 
 
-def _open(spec: str, split: str, root: str | None, download: bool = True) -> ImageSource:
-    return open_source(spec, split=split, root=root, download=download)
+def _open(
+    spec: str, split: str, root: str | None, download: bool = True, max_pixels: int | None = None
+) -> ImageSource:
+    return open_source(spec, split=split, root=root, download=download, max_pixels=max_pixels)
 
 
 def _resolve(cfg: Config, source: ImageSource) -> Config:
@@ -132,6 +136,24 @@ def _resolve(cfg: Config, source: ImageSource) -> Config:
     data, bb = cfg.data, cfg.backbone
     if data.image_size is None:
         data = replace(data, image_size=auto_image_size(source))
+    channels = bb.in_chans
+    if data.normalize == "auto":
+        from selfsup.data.check import cached_stats, sample_stats
+
+        stats = cached_stats(data.path or "", channels, len(source)) if data.path else None
+        mean, std = stats or sample_stats(source, channels, seed=cfg.train.seed)
+        data = replace(data, normalize="given", mean=[round(m, 6) for m in mean],
+                       std=[round(s, 6) for s in std])  # fmt: skip
+    elif len(data.mean) != channels:
+        if channels == 1 and len(data.mean) == 3:
+            # One channel with colour statistics: their average (ImageNet: 0.449 / 0.226).
+            data = replace(data, mean=[sum(data.mean) / 3], std=[sum(data.std) / 3])
+        else:
+            raise ConfigError(
+                f"data.mean/std have {len(data.mean)} values but the images have {channels} "
+                "channels: pass --normalize auto to measure them, or give data.mean and data.std "
+                f"with {channels} values each."
+            )
     if bb.small_stem is None and not bb.name.startswith("timm:"):
         assert data.image_size is not None
         bb = replace(bb, small_stem=data.image_size <= 64)
@@ -227,8 +249,8 @@ def pretrain(
         raise ConfigError(
             "no data: pass --data (a folder of images or a named set such as cifar10)."
         )
-    source = subset(_open(cfg.data.path, "train", cfg.data.root, cfg.data.download),
-                    cfg.data.limit, cfg.train.seed)  # fmt: skip
+    opened = _open(cfg.data.path, "train", cfg.data.root, cfg.data.download, cfg.data.max_pixels)
+    source = subset(opened, cfg.data.limit, cfg.train.seed)
     cfg = _resolve(cfg, source)
     train_source, monitor = _monitor(cfg, source)
     model = build_method(cfg)

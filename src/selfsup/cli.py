@@ -26,7 +26,7 @@ examples:
 def _defaults(method: str = "simclr") -> dict[str, Any]:
     from selfsup import config as C
 
-    return C.flat_defaults(C.Config(method=C.method_config_class(method)()))
+    return C.flat_defaults(C.default_config(method))
 
 
 def _fmt_default(v: Any) -> str:
@@ -66,6 +66,20 @@ PRETRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "data.bad_files",
         str,
         "unreadable images: skip (listed in skipped.txt) or fail",
+    ),
+    (
+        "--normalize",
+        "data.normalize",
+        str,
+        "given (data.mean/std, ImageNet by default) or auto (measured on the data; use it for "
+        "medical, satellite or other non-photographic images)",
+    ),
+    (
+        "--channels",
+        "backbone.in_chans",
+        int,
+        "image channels the model takes: 3 colour, 1 grayscale, N for N-band TIFFs "
+        "(grayscale images are repeated to 3 unless 1)",
     ),
     (
         "--backbone",
@@ -325,6 +339,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of --train held out to choose the sweep's winner (default: 0.1)",
     )
 
+    # -- data
+    da = sub.add_parser(
+        "data",
+        help="inspect data: data check PATH",
+        formatter_class=_Formatter,
+        description="Tools for image folders.",
+    )
+    das = da.add_subparsers(dest="data_command", metavar="ACTION")
+    dc = das.add_parser(
+        "check", formatter_class=_Formatter, help="scan a folder and report what is in it",
+        description="Scan every image under PATH in parallel: counts, formats, colour modes, "
+        "bit depths, channels, sizes, unreadable files, exact duplicates, and per-channel "
+        "mean/std as training sees them (reused by pretrain --normalize auto).",
+    )  # fmt: skip
+    dc.add_argument("path", help="folder of images (any depth)")
+    dc.add_argument(
+        "--channels",
+        type=int,
+        default=3,
+        help="channels the images are converted to for statistics (default: 3)",
+    )
+    dc.add_argument(
+        "--out",
+        default="data_report.json",
+        help="report file (default: data_report.json); a copy is cached for --normalize auto",
+    )
+    dc.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="scanning processes (default: one per core, up to 8)",
+    )
+    dc.add_argument("--json", action="store_true", help="print the report as JSON (default: false)")
+
     # -- methods, config
     me = sub.add_parser(
         "methods",
@@ -341,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         "to edit and pass back with --config.",
     )
     cf.add_argument("--method", default="simclr", help="method name (default: simclr)")
+    cf.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides applied before printing, e.g. train.batch_size=128",
+    )
     return p
 
 
@@ -478,6 +532,47 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(a: argparse.Namespace) -> int:
+    from selfsup.config import ConfigError
+    from selfsup.data.check import check_folder, save_report
+
+    if a.data_command != "check":
+        raise ConfigError("choose an action: selfsup data check PATH")
+    report = check_folder(a.path, channels=a.channels, workers=a.workers)
+    written = save_report(report, a.out)
+    if a.json:
+        print(json.dumps(report))
+        return 0
+    w, h = report["width"], report["height"]
+    rows = [
+        ("files", str(report["files"])),
+        ("readable", str(report["readable"])),
+        ("unreadable", str(len(report["unreadable"]))),
+        ("exact duplicates", f"{report['duplicate_files']} in {len(report['duplicates'])} groups"),
+        ("labelled (class folders)", f"{report['labelled']} ({len(report['classes'])} classes)"),
+        ("formats", _counts(report["formats"])),
+        ("modes", _counts(report["modes"])),
+        ("bit depths", _counts(report["bit_depths"])),
+        ("channels", _counts(report["native_channels"])),
+        ("width min / median / max", f"{w.get('min')} / {w.get('median')} / {w.get('max')}"),
+        ("height min / median / max", f"{h.get('min')} / {h.get('median')} / {h.get('max')}"),
+        (f"mean ({report['channels']} ch)", ", ".join(f"{m:.4f}" for m in report["mean"])),
+        (f"std ({report['channels']} ch)", ", ".join(f"{s:.4f}" for s in report["std"])),
+        ("seconds", str(report["seconds"])),
+    ]
+    _print_table(f"data check: {report['path']}", rows)
+    for bad in report["unreadable"][:10]:
+        print(f"unreadable: {bad['file']}: {bad['error']}")
+    if len(report["unreadable"]) > 10:
+        print(f"... and {len(report['unreadable']) - 10} more (see the report)")
+    print(f"report: {written[0]}")
+    return 0
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+
 def cmd_methods(a: argparse.Namespace) -> int:
     from selfsup.registry import get_method_class, list_methods
 
@@ -497,7 +592,7 @@ def cmd_methods(a: argparse.Namespace) -> int:
 def cmd_config(a: argparse.Namespace) -> int:
     from selfsup import config as C
 
-    print(C.to_yaml(C.build_config(method=a.method)), end="")
+    print(C.to_yaml(C.build_config(method=a.method, overrides=a.overrides)), end="")
     return 0
 
 
@@ -514,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from selfsup.train.checkpoint import CheckpointError
 
     handlers = {"pretrain": cmd_pretrain, "eval": cmd_eval, "methods": cmd_methods,
-                "config": cmd_config}  # fmt: skip
+                "config": cmd_config, "data": cmd_data}  # fmt: skip
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, UnknownNameError, TrainingError) as err:

@@ -31,6 +31,10 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
+# The backbone of ViT-only methods (MAE, DINOv2) unless they name another.
+DEFAULT_VIT = "timm:vit_tiny_patch16_224"
+
+
 class ConfigError(ValueError):
     """A configuration problem, explained for the user."""
 
@@ -70,9 +74,15 @@ class DataConfig:
     # Training resolution in pixels. None: the median image size when it is 64 px or
     # less (CIFAR, MedMNIST), else 224.
     image_size: int | None = None
-    # Per-channel normalisation. ImageNet statistics by default.
+    # Per-channel normalisation: "given" uses mean/std below (ImageNet by default; for one
+    # channel their average); "auto" measures the data (reusing a `selfsup data check`
+    # report when there is one) and writes the values into the run's config. Use auto for
+    # medical, satellite or any non-photographic images.
+    normalize: str = "given"
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # Refuse images with more pixels than this (decompression-bomb guard).
+    max_pixels: int = 178_956_970
     # Data-loading worker processes. -1: min(4, CPU cores). On a small CPU the model, not
     # the data, bounds the speed, so 2 workers suffice.
     num_workers: int = -1
@@ -93,6 +103,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # LARS trust coefficient eta (0.001 in the LARS paper; CIFAR recipes often use 0.02).
+    lars_eta: float = 0.001
     # Linear warm-up, as a fraction of the whole budget (0.05 = the first 5%).
     warmup: float = 0.0
     # Final learning rate as a fraction of the peak (cosine decay to it).
@@ -164,8 +176,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s|min|sec)?", re.IGNORECASE)
 _UNIT = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, None: 1.0}
 
 
-def parse_duration(text: str | float | int) -> float:
-    """``"1h30m"`` -> 5400.0 seconds; a bare number means seconds."""
+def parse_duration(text: str | float | int, key: str | None = None) -> float:
+    """``"1h30m"`` -> 5400.0 seconds; a bare number means seconds. ``key`` names the option
+    in the error message."""
     if isinstance(text, int | float):
         return float(text)
     s = text.strip().replace(" ", "")
@@ -177,8 +190,9 @@ def parse_duration(text: str | float | int) -> float:
         total += float(m.group(1)) * _UNIT[unit]
         pos = m.end()
     if pos != len(s) or not s:
+        where = f"{key}: " if key else ""
         raise ConfigError(
-            f"cannot read duration {text!r}: use a number of seconds or units h/m/s, "
+            f"{where}cannot read duration {text!r}: use a number of seconds or units h/m/s, "
             "such as '90s', '10m' or '1h30m'."
         )
     return total
@@ -192,9 +206,19 @@ def method_config_class(name: str) -> type[MethodConfig]:
     return cls
 
 
+def default_config(method: str) -> Config:
+    """Every default for ``method`` (its own Config and preferred backbone)."""
+    obj = OmegaConf.to_object(schema(method))
+    assert isinstance(obj, Config)
+    return obj
+
+
 def schema(method: str) -> DictConfig:
     """The structured config (defaults) for ``method``."""
-    cfg = OmegaConf.structured(Config(method=method_config_class(method)()))
+    cls = get_method_class(method)
+    name = cls.default_backbone or (DEFAULT_VIT if cls.needs_vit else None)
+    backbone = BackboneConfig(name=name) if name else BackboneConfig()
+    cfg = OmegaConf.structured(Config(method=cls.Config(), backbone=backbone))
     assert isinstance(cfg, DictConfig)
     return cfg
 
@@ -233,6 +257,8 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         merged = OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
         raise _explain(err, base, source) from None
+    except (TypeError, ValueError, AttributeError) as err:  # OmegaConf's own type clashes
+        raise ConfigError(f"bad value (from {source}): {err}.") from None
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -350,9 +376,9 @@ def validate(cfg: Config) -> None:
     for key, val in (("train.epochs", t.epochs), ("train.steps", t.steps)):
         if val is not None and val < 1:
             raise ConfigError(f"{key} must be at least 1 (or unset), got {val}.")
-    if t.max_time is not None and parse_duration(t.max_time) <= 0:
+    if t.max_time is not None and parse_duration(t.max_time, "train.max_time") <= 0:
         raise ConfigError(f"train.max_time must be positive, got {t.max_time!r}.")
-    parse_duration(t.checkpoint_every)
+    parse_duration(t.checkpoint_every, "train.checkpoint_every")
     if t.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(
             f"train.precision must be one of auto, bf16, fp16, fp32; got {t.precision!r}."
@@ -369,8 +395,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.warmup is a fraction of the budget in [0, 1), got {o.warmup}.")
     if len(o.betas) != 2:
         raise ConfigError(f"optim.betas needs two values, got {o.betas}.")
+    if d.normalize not in ("given", "auto"):
+        raise ConfigError(f"data.normalize must be given or auto, got {d.normalize!r}.")
     if len(d.mean) != len(d.std):
         raise ConfigError("data.mean and data.std need the same number of channels.")
+    if d.max_pixels < 1:
+        raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std values must be positive, got {d.std}.")
     if d.bad_files not in ("skip", "fail"):

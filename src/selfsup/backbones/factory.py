@@ -22,8 +22,14 @@ TORCHVISION_RESNETS = (
     "resnext50_32x4d",
 )
 
-# Images at or below this size get the small-image ResNet stem when small_stem is None.
+# Images at or below this size get the small-image ResNet stem when small_stem is None, and
+# ViTs get SMALL_IMAGE_PATCH px patches unless backbone.kwargs.patch_size is given.
 SMALL_STEM_MAX_SIZE = 64
+SMALL_IMAGE_PATCH = 4
+
+
+def _is_vit(name: str) -> bool:
+    return name.startswith(("vit_", "deit_", "deit3_"))
 
 
 class Backbone(nn.Module):
@@ -71,6 +77,10 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
             "\"import timm; print(timm.list_models('vit*'))\"."
         )
     args: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    if image_size is not None and image_size <= SMALL_STEM_MAX_SIZE and _is_vit(name):
+        # The ViT analogue of the small-image stem: 16 px patches would leave a 32 px image
+        # with 4 tokens, so small images get 4 px patches (64 tokens at 32 px).
+        args["patch_size"] = SMALL_IMAGE_PATCH
     args.update(kwargs)
     if image_size is not None and "img_size" not in args:
         try:  # ViT-like models need to know the input size for their position embeddings.

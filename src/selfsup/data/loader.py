@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from selfsup.data.decode import to_tensor
 from selfsup.data.sources import DataError, ImageSource
-from selfsup.transforms import to_uint8_tensor
 
 MAX_RETRIES = 20
 
@@ -26,24 +25,6 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     h = seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + position * 0x94D049BB133111EB
     h ^= h >> 31
     return h % (2**63 - 1)
-
-
-def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any PIL mode to RGB (3 channels) or L (1 channel)."""
-    want = "RGB" if channels == 3 else "L"
-    if img.mode == want:
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits by the image's own range rather than clipping.
-        import numpy as np
-
-        a = np.asarray(img, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0
-        img = Image.fromarray(a.astype("uint8"), mode="L")
-    if img.mode in ("P", "LA", "PA") or (img.mode == "RGBA" and want == "RGB"):
-        img = img.convert("RGBA").convert(want) if img.mode != "LA" else img.convert(want)
-    return img.convert(want)
 
 
 class _Loader:
@@ -59,8 +40,7 @@ class _Loader:
         gen = torch.Generator().manual_seed(seed)
         for _ in range(MAX_RETRIES):
             try:
-                img = to_mode(self.source.load(index), self.channels)
-                x = to_uint8_tensor(img)
+                x = to_tensor(self.source.load(index), self.channels, self.source.describe(index))
                 labels = self.source.labels
                 return x, (labels[index] if labels is not None else -1), skipped
             except Exception as err:
@@ -131,14 +111,14 @@ class EvalDataset(Dataset[tuple[torch.Tensor, int, bool]]):
         labels = self.source.labels
         label = labels[index] if labels is not None else -1
         try:
-            img = to_mode(self.source.load(index), self.channels)
+            x = to_tensor(self.source.load(index), self.channels, self.source.describe(index))
         except Exception as err:
             if self.bad_files == "fail":
                 raise DataError(
                     f"cannot read image {self.source.describe(index)}: {err}. Fix or remove it."
                 ) from None
             return torch.zeros(self.channels, self.image_size, self.image_size), label, False
-        return self.transform(to_uint8_tensor(img)), label, True
+        return self.transform(x), label, True
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

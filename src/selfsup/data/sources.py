@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = (
@@ -51,7 +52,7 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load(self, i: int) -> Image.Image: ...
+    def load(self, i: int) -> Image.Image | np.ndarray: ...
 
     def describe(self, i: int) -> str: ...
 
@@ -69,6 +70,7 @@ class FolderSource:
     files: list[str]
     labels: list[int] | None
     classes: list[str] = field(default_factory=list)
+    max_pixels: int = 178_956_970
 
     @property
     def name(self) -> str:
@@ -80,16 +82,16 @@ class FolderSource:
     def path(self, i: int) -> Path:
         return self.root / self.files[i]
 
-    def load(self, i: int) -> Image.Image:
-        img = Image.open(self.path(i))
-        img.load()
-        return img
+    def load(self, i: int) -> Image.Image | np.ndarray:
+        from selfsup.data.decode import open_file
+
+        return open_file(self.path(i), self.max_pixels)
 
     def describe(self, i: int) -> str:
         return str(self.path(i))
 
 
-def scan_folder(root: str | Path) -> FolderSource:
+def scan_folder(root: str | Path, max_pixels: int | None = None) -> FolderSource:
     """Index every image file under ``root`` (sorted, so the order is reproducible)."""
     base = Path(root).expanduser()
     if not base.exists():
@@ -118,8 +120,12 @@ def scan_folder(root: str | Path) -> FolderSource:
     if labelled:
         classes = sorted(set(top))
         index = {c: i for i, c in enumerate(classes)}
-        return FolderSource(base, files, [index[t] for t in top], classes)
-    return FolderSource(base, files, None, [])
+        src = FolderSource(base, files, [index[t] for t in top], classes)
+    else:
+        src = FolderSource(base, files, None, [])
+    if max_pixels is not None:
+        src.max_pixels = max_pixels
+    return src
 
 
 class TorchvisionSource:
@@ -171,7 +177,11 @@ def default_data_root() -> Path:
 
 
 def open_source(
-    spec: str, split: str = "train", root: str | None = None, download: bool = True
+    spec: str,
+    split: str = "train",
+    root: str | None = None,
+    download: bool = True,
+    max_pixels: int | None = None,
 ) -> ImageSource:
     """Open ``spec``: a folder path, or a named set (its ``split``) under ``root``.
 
@@ -182,11 +192,11 @@ def open_source(
     if key in NAMED_SETS and not Path(spec).exists():
         base = Path(root).expanduser() if root else default_data_root() / key
         if (base / split).is_dir():
-            return scan_folder(base / split)
+            return scan_folder(base / split, max_pixels)
         if root and not base.exists():
             raise DataError(f"--data-root {root!r} does not exist.")
         return TorchvisionSource(key, split, base, download)
-    return scan_folder(spec)
+    return scan_folder(spec, max_pixels)
 
 
 class SubsetSource:
@@ -202,7 +212,7 @@ class SubsetSource:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def load(self, i: int) -> Image.Image:
+    def load(self, i: int) -> Image.Image | np.ndarray:
         return self.base.load(self.indices[i])
 
     def describe(self, i: int) -> str:
@@ -256,7 +266,8 @@ def sniff_image_size(source: ImageSource, samples: int = 32, seed: int = 0) -> i
                 with Image.open(source.path(i)) as im:
                     sides.append(min(im.size))
             else:
-                sides.append(min(source.load(i).size))
+                img = source.load(i)
+                sides.append(min(img.size) if isinstance(img, Image.Image) else min(img.shape[:2]))
         except Exception:  # unreadable files are reported when they are loaded
             continue
     if not sides:

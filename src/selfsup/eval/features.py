@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from selfsup.data import EvalDataset, ImageSource, default_workers, loader_kwargs
+from selfsup.data import DataError, EvalDataset, ImageSource, default_workers, loader_kwargs
 from selfsup.transforms import eval_transform
 
 
@@ -63,4 +64,15 @@ def extract_features(
             labels.append(y[ok])
     finally:
         model.train(was_training)
-    return torch.cat(feats), torch.cat(labels).long()
+    out = torch.cat(feats)
+    if out.shape[0] == 0:
+        raise DataError(
+            f"none of the {len(source)} images of {source.name} could be read; check the "
+            "folder (selfsup data check) or run with data.bad_files=fail to see the first error."
+        )
+    if out.shape[0] < len(source):
+        warnings.warn(
+            f"{len(source) - out.shape[0]} unreadable images of {source.name} were left out.",
+            stacklevel=2,
+        )
+    return out, torch.cat(labels).long()

@@ -1,6 +1,32 @@
 """Self-supervised methods. Importing this package registers every built-in method."""
 
-from selfsup.methods import simclr
+from selfsup.methods import (
+    barlowtwins,
+    byol,
+    dino,
+    dinov2,
+    mae,
+    mocov2,
+    mocov3,
+    simclr,
+    simsiam,
+    swav,
+    vicreg,
+)
 from selfsup.methods.base import Method, StepInfo
 
-__all__ = ["Method", "StepInfo", "simclr"]
+__all__ = [
+    "Method",
+    "StepInfo",
+    "barlowtwins",
+    "byol",
+    "dino",
+    "dinov2",
+    "mae",
+    "mocov2",
+    "mocov3",
+    "simclr",
+    "simsiam",
+    "swav",
+    "vicreg",
+]

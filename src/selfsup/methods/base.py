@@ -50,6 +50,8 @@ class Method(nn.Module):
     batch_coupled: ClassVar[bool] = True
     # Methods that need token-level access (MAE, iBOT) work with ViT backbones only.
     needs_vit: ClassVar[bool] = False
+    # The backbone this method's configs start from (None: the config default, resnet18).
+    default_backbone: ClassVar[str | None] = None
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone) -> None:
         super().__init__()

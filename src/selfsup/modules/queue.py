@@ -50,6 +50,18 @@ class FeatureQueue(nn.Module):
         self.ptr.fill_(end % self.size)
         self.filled.fill_(min(self.size, int(self.filled) + n))
 
+    @torch.no_grad()
+    def fill_(self, x: torch.Tensor) -> None:
+        """Replace the whole queue with ``x`` (size, dim), e.g. random unit vectors at start
+        (MoCo), so the first steps already have negatives."""
+        if x.shape != self.queue.shape:
+            raise ValueError(
+                f"fill_ needs a {tuple(self.queue.shape)} tensor, got {tuple(x.shape)}"
+            )
+        self.queue.copy_(x)
+        self.ptr.zero_()
+        self.filled.fill_(self.size)
+
     def get(self) -> torch.Tensor:
         """The stored embeddings (filled, dim), oldest first."""
         f, p = int(self.filled), int(self.ptr)

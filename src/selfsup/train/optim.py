@@ -95,7 +95,7 @@ def build_optimizer(modules: list[nn.Module], cfg: OptimConfig, lr: float) -> Op
             g.pop("lars_exclude", None)
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, foreach=True)
     if cfg.name == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum)
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     for g in groups:
         g.pop("lars_exclude", None)
     b1, b2 = cfg.betas

@@ -367,6 +367,7 @@ class Trainer:
         window_wait = 0.0
         last_loss: float | None = None
         bad_run = 0
+        skipped_files = 0
         stopped_by = "budget"
         next_ckpt = state.elapsed + parse_duration(t.checkpoint_every)
         skipped_file = out / "skipped.txt" if (out is not None and main) else None
@@ -400,6 +401,7 @@ class Trainer:
                             break
                         got = time.perf_counter()
                         window_wait += got - tick
+                        skipped_files += len(skipped)
                         if skipped and skipped_file is not None:
                             with open(skipped_file, "a") as f:
                                 f.write("".join(s + "\n" for s in skipped))
@@ -486,7 +488,9 @@ class Trainer:
                                     "img/s": f"{ips:.1f}", "data": f"{row['data_wait']:.0%}",
                                     "lr": f"{lr:.3g}", "ep": state.epoch}  # fmt: skip
                             if state.skipped_steps:
-                                post["skipped"] = state.skipped_steps
+                                post["skipped steps"] = state.skipped_steps
+                            if skipped_files:
+                                post["bad files"] = skipped_files
                             bar.set_postfix(post, refresh=False)
                             window, window_n, window_images = {}, 0, 0
                             window_time = window_wait = 0.0

@@ -36,9 +36,14 @@ class MultiView:
         return f"MultiView(\n  {inner}\n)"
 
 
+def to_float() -> v2.ToDtype:
+    """uint8 -> float32 in [0, 1]; float images (deep data) pass unchanged."""
+    return v2.ToDtype(torch.float32, scale=True)
+
+
 def normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """uint8 (C, H, W) -> float32 normalised."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    """(C, H, W) uint8 or float in [0, 1] -> float32 normalised."""
+    return v2.Compose([to_float(), v2.Normalize(list(mean), list(std))])
 
 
 def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
@@ -50,6 +55,7 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
     resize = image_size if image_size <= 64 else round(image_size / 0.875)
     return v2.Compose(
         [
+            to_float(),
             v2.Resize(resize, antialias=True),
             v2.CenterCrop(image_size),
             normalize(mean, std),

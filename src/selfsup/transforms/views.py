@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torchvision.transforms import v2
 
-from selfsup.transforms.base import MultiView, normalize
+from selfsup.transforms.base import MultiView, normalize, to_float
 
 # Above this image size the papers' Gaussian blur is used by default; on CIFAR-sized images
 # it hurts (SimCLR, Appendix B.9), so it is off at or below.
@@ -91,13 +91,17 @@ def view_transform(
     rb, rc, rs, rh = (list(cfg.cj_ratios) + [0.0] * 4)[:4]
     if channels == 3:
         jitter = v2.ColorJitter(rb * s, rc * s, rs * s, rh * s)
-    else:  # saturation and hue do not exist for single-channel images
+    elif channels == 1:  # saturation and hue do not exist for single-channel images
         jitter = v2.ColorJitter(rb * s, rc * s)
+    else:  # multi-band images: contrast is defined through an RGB grayscale, so brightness only
+        jitter = v2.ColorJitter(rb * s)
     auto_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
     p_blur = blur_prob if blur_prob is not None else _pick(cfg.blur_prob, index, auto_blur)
     p_sol = _pick(cfg.solarize_prob, index, 0.0)
     lo, hi = scale or (cfg.min_scale, cfg.max_scale)
     ops: list[torch.nn.Module] = [
+        # Work in float [0, 1] so 8-bit and 16-bit images follow the same path.
+        to_float(),
         v2.RandomResizedCrop(image_size, scale=(lo, hi), antialias=True),
         v2.RandomHorizontalFlip(cfg.hflip_prob),
     ]
@@ -110,7 +114,7 @@ def view_transform(
             v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), (0.1, 2.0))], p=p_blur)
         )
     if p_sol > 0:
-        ops.append(v2.RandomSolarize(128, p=p_sol))
+        ops.append(v2.RandomSolarize(0.5, p=p_sol))
     ops.append(normalize(mean, std))
     return v2.Compose(ops)
 
@@ -163,6 +167,7 @@ def masked_view(
     """One lightly augmented view (MAE)."""
     t = v2.Compose(
         [
+            to_float(),
             v2.RandomResizedCrop(image_size, scale=(cfg.min_scale, cfg.max_scale), antialias=True),
             v2.RandomHorizontalFlip(cfg.hflip_prob),
             normalize(mean, std),

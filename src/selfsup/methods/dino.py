@@ -1,0 +1,351 @@
+"""DINO: self-distillation with no labels (Caron et al., "Emerging Properties in
+Self-Supervised Vision Transformers", ICCV 2021)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import schedules
+from selfsup.backbones import Backbone
+from selfsup.backbones.vit import ViTBackbone
+from selfsup.config import ConfigError, MethodConfig
+from selfsup.heads.dino import DINOHead
+from selfsup.losses.dino import DINOLoss, update_center
+from selfsup.methods.base import Method, StepInfo
+from selfsup.modules import ema_update, frozen_copy
+from selfsup.registry import register_method
+from selfsup.transforms import MultiCropConfig, MultiView, multi_crop
+from selfsup.transforms.views import local_crop_size
+
+
+def dino_crops() -> MultiCropConfig:
+    # DINO's augmentations (Caron et al., 2021, Appendix; BYOL's family): colour jitter
+    # 0.4/0.4/0.2/0.1 (strength 0.5 x ratios 0.8/0.8/0.4/0.2), grayscale 0.2, solarisation
+    # on the second global crop only (0.2). Global crops cover 25-100% of the image (paper:
+    # 40-100% for ViTs, 14-100% for ResNet-50), six local crops 5-25% (paper: 5-40%); blur
+    # follows the image-size rule of the transforms (off at 32 px).
+    return MultiCropConfig(cj_ratios=[0.8, 0.8, 0.4, 0.2], solarize_prob=[0.0, 0.2])
+
+
+@dataclass
+class DINOConfig(MethodConfig):
+    name: str = "dino"
+    # Prototypes K of the head's last layer. Paper: 65536 on ImageNet (more is better up
+    # to that). 4096 is plenty for CIFAR-scale data and keeps the head cheap on a CPU.
+    out_dim: int = 4096
+    # Head MLP: num_layers linear layers with GELU, hidden_dim wide, to bottleneck_dim, then
+    # L2 normalisation and the weight-normalised last layer (paper: 3, 2048, 256).
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    # BatchNorm in the head's hidden layers. None: on for ResNets (the paper's ResNet-50
+    # setup), off for ViTs (the paper's ViT setup: BN-free heads work better there).
+    use_bn: bool | None = None
+    # Fix the magnitude of the last layer's weight-normalised prototypes to 1 (paper: True
+    # for ViT-S, more stable; set False for larger ViTs if training is slow to start).
+    norm_last_layer: bool = True
+    # Student softmax temperature (paper: 0.1 everywhere).
+    student_temp: float = 0.1
+    # Teacher temperature after the warm-up. Lower sharpens the targets more (avoids
+    # uniform collapse); a teacher temperature above 0.07 tends to be unstable. Paper: 0.04
+    # (100 epochs) to 0.07 (300+ epochs, with the warm-up below).
+    teacher_temp: float = 0.07
+    # Teacher temperature at the start, raised linearly to teacher_temp over the first
+    # warmup_teacher_temp_fraction of the budget (paper: 0.04 over 30 of 300 epochs).
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_fraction: float = 0.1
+    # EMA rate of the centre subtracted from the teacher logits (paper: 0.9). Centring
+    # avoids collapse onto one prototype; sharpening avoids the uniform collapse.
+    center_momentum: float = 0.9
+    # Teacher EMA momentum: cosine from momentum_base to momentum_end over the budget
+    # (paper: 0.996 -> 1). For short runs (a few thousand steps) 0.99 lets the teacher
+    # follow the student sooner (configs/dino_cifar10.yaml).
+    momentum_base: float = 0.996
+    momentum_end: float = 1.0
+    # Fraction of the budget during which the head's last layer is frozen (its gradient
+    # cancelled). Paper: the first epoch (1% of 100 epochs); it helps the start of training.
+    freeze_last_layer: float = 0.01
+    # Evaluate (feature_extractor, kNN monitor, pictures) with the teacher's backbone, as the
+    # paper does: the EMA teacher is better than the student throughout training.
+    eval_teacher: bool = True
+    views: MultiCropConfig = field(default_factory=dino_crops)
+
+
+def teacher_temperature(progress: float, start: float, end: float, warmup: float) -> float:
+    """Teacher temperature at ``progress`` (fraction of the budget used): linear from
+    ``start`` to ``end`` over the first ``warmup`` fraction, then ``end`` (DINO, Sec. 4)."""
+    return schedules.linear(progress, warmup, start, end)
+
+
+def check_teacher_temps(cfg: DINOConfig) -> None:
+    """Validate the temperature and schedule fields shared by DINO and DINOv2."""
+    for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"method.{key} must be positive, got {getattr(cfg, key)}.")
+    for key in ("warmup_teacher_temp_fraction", "freeze_last_layer", "center_momentum"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"method.{key} must be in [0, 1], got {getattr(cfg, key)}.")
+    if not 0.0 <= cfg.momentum_base <= cfg.momentum_end <= 1.0:
+        raise ConfigError(
+            f"method.momentum_base ({cfg.momentum_base}) and method.momentum_end "
+            f"({cfg.momentum_end}) must satisfy 0 <= base <= end <= 1."
+        )
+    if cfg.views.global_crops < 1 or cfg.views.global_crops + cfg.views.local_crops < 2:
+        raise ConfigError(
+            "the teacher sees the global crops and the student predicts them from other "
+            "crops: method.views needs global_crops >= 1 and global_crops + local_crops >= 2."
+        )
+
+
+# ----------------------------------------------------------------------------- ViT helpers
+
+
+@contextlib.contextmanager
+def _any_input_size(net: Any) -> Iterator[None]:
+    """Let a timm ViT built for one image size take any size (a multiple of the patch
+    size) by resampling its position embeddings, as timm's ``dynamic_img_size`` does; the
+    model's settings are restored afterwards."""
+    from timm.layers.format import Format
+
+    pe = net.patch_embed
+    saved = (net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt)
+    net.dynamic_img_size, pe.strict_img_size, pe.flatten = True, False, False
+    pe.output_fmt = Format.NHWC
+    try:
+        yield
+    finally:
+        net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = saved
+
+
+def encode(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """``backbone(x)`` -> (B, D) at any input size: ViTs built for the global crop size
+    take the smaller local crops of multi-crop with interpolated position embeddings (as in
+    DINO's ``interpolate_pos_encoding``); other backbones pool over any size already."""
+    if isinstance(backbone, ViTBackbone):
+        net: Any = backbone.net
+        native = getattr(net.patch_embed, "img_size", None)
+        dynamic = bool(getattr(net, "dynamic_img_size", False))
+        if native is not None and not dynamic and tuple(x.shape[-2:]) != tuple(native):
+            p = backbone.patch_size
+            if x.shape[-2] % p or x.shape[-1] % p:
+                raise ConfigError(
+                    f"crops of {x.shape[-2]}x{x.shape[-1]} px do not tile into the ViT's "
+                    f"{p} px patches; set method.views.local_size to a multiple of {p}."
+                )
+            with _any_input_size(net):
+                out: torch.Tensor = backbone(x)
+            return out
+    out = backbone(x)
+    return out
+
+
+def encode_crops(backbone: Backbone, views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(V*B, D) features of V crops, one forward pass per run of same-sized crops (the
+    global crops together, the local crops together), in the order of ``views``."""
+    out: list[torch.Tensor] = []
+    i = 0
+    while i < len(views):
+        j = i + 1
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        out.append(encode(backbone, torch.cat(list(views[i:j]))))
+        i = j
+    return torch.cat(out)
+
+
+def last_block_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.Tensor:
+    """Self-attention of the class token to the patches in the last block, averaged over
+    heads: (B, C, H, W) -> (B, H / patch, W / patch) (DINO, Fig. 1 and Sec. 4.2.1)."""
+    net: Any = backbone.net
+    block = net.blocks[-1]
+    attn = getattr(block, "attn", None)
+    if not hasattr(block, "norm1") or attn is None or not hasattr(attn, "qkv"):
+        raise TypeError(
+            f"{backbone.name}: the last block has no norm1/attn.qkv (a timm ViT Block), so its "
+            "attention cannot be read"
+        )
+    captured: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0])
+
+    handle = block.register_forward_pre_hook(grab)
+    try:
+        encode(backbone, images)
+    finally:
+        handle.remove()
+    x = block.norm1(captured[-1])
+    b, n, _ = x.shape
+    heads = int(attn.num_heads)
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = qkv[0], qkv[1]
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    a = ((q.float() * float(attn.scale)) @ k.float().transpose(-2, -1)).softmax(dim=-1)
+    cls = a[:, :, 0, backbone.num_prefix_tokens :].mean(dim=1)  # (B, N)
+    p = backbone.patch_size
+    out: torch.Tensor = cls.reshape(b, images.shape[-2] // p, images.shape[-1] // p)
+    return out
+
+
+def attention_overlay(images: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend a heat map (B, h, w) over images (B, C, H, W) in their normalised space.
+
+    The heat map is rescaled to [0, 1] per image and coloured black-red-yellow-white (grey
+    for C != 3). A method does not know the normalisation, so the batch's per-channel
+    extremes stand in for black and white.
+    """
+    b, c, h, w = images.shape
+    x = images.float()
+    m = F.interpolate(heat.float().unsqueeze(1), size=(h, w), mode="nearest")
+    lo = m.amin(dim=(2, 3), keepdim=True)
+    hi = m.amax(dim=(2, 3), keepdim=True)
+    m = (m - lo) / (hi - lo).clamp_min(1e-12)
+    if c == 3:
+        colour = torch.cat(
+            [(3 * m).clamp(0, 1), (3 * m - 1).clamp(0, 1), (3 * m - 2).clamp(0, 1)], 1
+        )
+    else:
+        colour = m.expand(b, c, h, w)
+    black = x.amin(dim=(0, 2, 3), keepdim=True)
+    white = x.amax(dim=(0, 2, 3), keepdim=True)
+    return (1 - alpha) * x + alpha * (black + colour * (white - black))
+
+
+def vit_local_size(cfg: MultiCropConfig, image_size: int, backbone: Backbone) -> MultiCropConfig:
+    """The crop config with a local crop size that tiles into the ViT's patches: unset, 3/7
+    of the image rounded to whole patches; set, it must be a multiple of the patch size."""
+    if not isinstance(backbone, ViTBackbone) or cfg.local_crops == 0:
+        return cfg
+    p = backbone.patch_size
+    if cfg.local_size is None:
+        size = max(p, round(local_crop_size(cfg, image_size) / p) * p)
+        return dataclasses.replace(cfg, local_size=size)
+    if cfg.local_size % p:
+        raise ConfigError(
+            f"method.views.local_size={cfg.local_size} is not a multiple of the ViT's patch "
+            f"size {p}; use e.g. {max(p, round(cfg.local_size / p) * p)}."
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------- method
+
+
+@register_method("dino")
+class DINO(Method):
+    """DINO: self-distillation of an EMA teacher into a student across multi-crop views.
+
+    The student (backbone + DINO head) predicts, from every crop, the teacher's output on
+    the other global crops; the teacher's outputs are centred and sharpened so that neither
+    one prototype nor the uniform distribution wins (no negatives, no predictor). Works with
+    ResNets (the representation is the pooled feature) and ViTs (the class token).
+
+    The centre is updated in :meth:`on_step_end` from this step's teacher logits (kept in a
+    plain, non-persistent attribute), so a step skipped for a non-finite loss leaves it
+    unchanged.
+    """
+
+    Config = DINOConfig
+    cfg: DINOConfig
+    # The reference converts BatchNorm (ResNet backbones, use_bn heads) to SyncBatchNorm.
+    needs_sync_batchnorm = True
+    center: torch.Tensor
+
+    def __init__(self, cfg: DINOConfig, backbone: Backbone) -> None:
+        check_teacher_temps(cfg)
+        super().__init__(cfg, backbone)
+        use_bn = cfg.use_bn if cfg.use_bn is not None else not isinstance(backbone, ViTBackbone)
+        self.head = DINOHead(
+            backbone.embed_dim,
+            out_dim=cfg.out_dim,
+            hidden_dim=cfg.hidden_dim,
+            bottleneck_dim=cfg.bottleneck_dim,
+            num_layers=cfg.head_layers,
+            use_bn=use_bn,
+            norm_last_layer=cfg.norm_last_layer,
+        )
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_head = frozen_copy(self.head)
+        self.criterion = DINOLoss(cfg.student_temp)
+        self.register_buffer("center", torch.zeros(1, cfg.out_dim))
+        self._teacher_logits: torch.Tensor | None = None
+
+    def teacher_temp(self, progress: float) -> float:
+        c = self.cfg
+        return teacher_temperature(
+            progress, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_fraction
+        )
+
+    def momentum(self, progress: float) -> float:
+        return schedules.momentum(progress, 1.0, self.cfg.momentum_base, self.cfg.momentum_end)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> student logits (B, out_dim)."""
+        out: torch.Tensor = self.head(encode(self.backbone, x))
+        return out
+
+    def training_step(
+        self, views: Sequence[torch.Tensor], info: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        g = self.cfg.views.global_crops
+        if len(views) < max(2, g):
+            raise ValueError(
+                f"DINO takes {g} global crops (then any local crops), got {len(views)} views"
+            )
+        b = views[0].shape[0]
+        temp = self.teacher_temp(info.progress)
+        with torch.no_grad():
+            t = self.teacher_head(self.teacher_backbone(torch.cat(list(views[:g]))))
+        # The head sees every crop in one batch (its BatchNorm, if any, too), as the paper.
+        s = self.head(encode_crops(self.backbone, views))
+        loss = self.criterion(torch.split(s, b), torch.split(t, b), self.center, temp)
+        self._teacher_logits = t.detach()
+        return loss, {"loss": loss.detach(), "teacher_temp": torch.tensor(temp)}
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.head]
+
+    def on_after_backward(self, info: StepInfo) -> None:
+        # Zeroed rather than removed so the optimiser keeps its state layout: the weight
+        # decay it still applies to the direction parameter only rescales it, which weight
+        # normalisation cancels, so the prototypes stay frozen.
+        if info.progress < self.cfg.freeze_last_layer:
+            for p in self.head.last_layer.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def on_step_end(self, info: StepInfo) -> None:
+        m = self.momentum(info.progress)
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_head, self.head, m)
+        if self._teacher_logits is not None:
+            update_center(self.center, self._teacher_logits, self.cfg.center_momentum)
+            self._teacher_logits = None
+
+    def default_transform(
+        self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
+    ) -> MultiView:
+        crops = vit_local_size(self.cfg.views, image_size, self.backbone)
+        return multi_crop(crops, image_size, mean, std, channels)
+
+    def feature_extractor(self) -> nn.Module:
+        return self.teacher_backbone if self.cfg.eval_teacher else self.backbone
+
+    @torch.no_grad()
+    def visualize(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ViT backbones: ``attention`` (2B, C, H, W), the images then the class token's
+        last-block self-attention overlaid on them. Other backbones: nothing."""
+        bb = self.feature_extractor()
+        if not isinstance(bb, ViTBackbone):
+            return {}
+        heat = last_block_attention(bb, images)
+        return {"attention": torch.cat([images.float(), attention_overlay(images, heat)])}
