@@ -199,3 +199,37 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(
     wa, wb = _weights(ref), _weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ"
     assert _losses(ref) == _losses(run)
+
+
+def test_accumulation_is_refused_for_batch_coupled_methods(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"accumulate=2.*in-batch negatives.*force_accumulate"):
+        selfsup.pretrain("simclr", data=str(folder), out=tmp_path / "a", steps=1, workers=0,
+                         overrides=[*TINY["overrides"], "train.accumulate=2"],
+                         **{k: v for k, v in TINY.items() if k != "overrides"})  # fmt: skip
+    res = selfsup.pretrain("simclr", data=str(folder), out=tmp_path / "b", steps=1, workers=0,
+                           overrides=[*TINY["overrides"], "train.accumulate=2",
+                                      "train.force_accumulate=true"],
+                           **{k: v for k, v in TINY.items() if k != "overrides"})  # fmt: skip
+    assert res.state.step == 1 and res.state.images_seen == 16  # 2 batches of 8, one step
+
+
+def test_accumulation_equals_one_large_batch(folder: Path, tmp_path: Path) -> None:
+    # MAE has no batch coupling: 2 x 4 images accumulated is one step on 8 images.
+    kw: dict[str, Any] = dict(data=str(folder), steps=2, workers=0, image_size=16,
+                              precision="fp32", progress=False)  # fmt: skip
+    vit = ["backbone.kwargs={patch_size: 4, depth: 1, num_heads: 3}", "monitor.knn=false"]
+    one = selfsup.pretrain("mae", out=tmp_path / "one", batch_size=8, overrides=vit, **kw)
+    acc = selfsup.pretrain("mae", out=tmp_path / "acc", batch_size=4,
+                           overrides=[*vit, "train.accumulate=2"], **kw)  # fmt: skip
+    assert one.state.images_seen == acc.state.images_seen == 16
+    wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "acc")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_crop_larger_than_images_is_refused(folder: Path, tmp_path: Path) -> None:
+    kw = {k: v for k, v in TINY.items() if k != "image_size"}
+    with pytest.raises(ConfigError, match=r"image_size=64 is larger than the images.*20 px"):
+        selfsup.pretrain(
+            "simclr", data=str(folder), out=tmp_path / "u", steps=1, image_size=64, **kw
+        )

@@ -28,6 +28,7 @@ from selfsup.data import (
     SubsetSource,
     auto_image_size,
     open_source,
+    sniff_image_size,
     stratified_split,
     subset,
 )
@@ -134,8 +135,15 @@ def _open(
 def _resolve(cfg: Config, source: ImageSource) -> Config:
     """Fill in automatic values (image size, stem) so the saved config is explicit."""
     data, bb = cfg.data, cfg.backbone
+    side = sniff_image_size(source)
     if data.image_size is None:
-        data = replace(data, image_size=auto_image_size(source))
+        data = replace(data, image_size=side if side <= 64 else 224)
+    elif data.image_size > side and not data.allow_upscale:
+        raise ConfigError(
+            f"data.image_size={data.image_size} is larger than the images of {source.name} "
+            f"(median shorter side {side} px): every crop would be upsampled. Use "
+            f"--image-size {side} or less, or set data.allow_upscale=true."
+        )
     channels = bb.in_chans
     if data.normalize == "auto":
         from selfsup.data.check import cached_stats, sample_stats

@@ -83,6 +83,9 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     # Refuse images with more pixels than this (decompression-bomb guard).
     max_pixels: int = 178_956_970
+    # Allow a training resolution above the images' own size (they are then upsampled,
+    # which costs compute without adding detail; refused by default).
+    allow_upscale: bool = False
     # Data-loading worker processes. -1: min(4, CPU cores). On a small CPU the model, not
     # the data, bounds the speed, so 2 workers suffice.
     num_workers: int = -1
@@ -141,6 +144,11 @@ class TrainConfig:
     threads: int | None = None
     # Drop the last incomplete batch of each epoch (contrastive losses like full batches).
     drop_last: bool = True
+    # Add up the gradients of this many batches before each optimiser step (a larger
+    # effective batch in the same memory). Refused for methods whose loss couples the samples
+    # of a batch (in-batch negatives, BatchNorm) unless force_accumulate is true.
+    accumulate: int = 1
+    force_accumulate: bool = False
 
 
 @dataclass
@@ -371,6 +379,8 @@ def build_config(
 def validate(cfg: Config) -> None:
     """Checks that need more than types; each message names the key and the fix."""
     t, o, d = cfg.train, cfg.optim, cfg.data
+    if t.accumulate < 1:
+        raise ConfigError(f"train.accumulate must be at least 1, got {t.accumulate}.")
     if t.batch_size < 1:
         raise ConfigError(f"train.batch_size must be at least 1, got {t.batch_size}.")
     for key, val in (("train.epochs", t.epochs), ("train.steps", t.steps)):

@@ -17,6 +17,7 @@ from selfsup.data.sources import (
     auto_image_size,
     open_source,
     scan_folder,
+    sniff_image_size,
     stratified_split,
     subset,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "loader_kwargs",
     "open_source",
     "scan_folder",
+    "sniff_image_size",
     "stratified_split",
     "subset",
 ]

@@ -249,11 +249,21 @@ class Trainer:
             raise ConfigError("data.image_size must be resolved before training")
         channels = cfg.backbone.in_chans
         world, rank = dist.world_size(), dist.rank()
-        global_batch = t.batch_size * world
-        n = len(source)
-        if t.drop_last and n < global_batch:
+        accumulate = t.accumulate
+        if accumulate > 1 and method.batch_coupled and not t.force_accumulate:
             raise ConfigError(
-                f"the data set has {n} images, fewer than one batch of {global_batch}; lower "
+                f"train.accumulate={accumulate} cannot emulate a larger batch for "
+                f"{cfg.method.name}: its loss couples the samples of a batch (in-batch negatives "
+                "or BatchNorm statistics), so accumulated small batches train differently. Use "
+                "a larger train.batch_size (or more processes), or set "
+                "train.force_accumulate=true to accept the difference."
+            )
+        global_batch = t.batch_size * world  # images per forward pass, over all ranks
+        step_batch = global_batch * accumulate  # images per optimiser step
+        n = len(source)
+        if t.drop_last and n < step_batch:
+            raise ConfigError(
+                f"the data set has {n} images, fewer than one batch of {step_batch}; lower "
                 "train.batch_size (--batch-size) or add images."
             )
 
@@ -263,10 +273,11 @@ class Trainer:
         transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
         dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
         workers = default_workers(cfg.data.num_workers)
-        probe = EpochSampler(n, global_batch, t.seed, 0, drop_last=t.drop_last)
-        steps_per_epoch = probe.epoch_length() // global_batch
+        probe = EpochSampler(n, step_batch, t.seed, 0, drop_last=t.drop_last)
+        steps_per_epoch = probe.epoch_length() // step_batch
         total_steps, max_time = self._budget(steps_per_epoch)
-        base_lr = scaled_lr(cfg.optim, global_batch)
+        base_lr = scaled_lr(cfg.optim, step_batch)
+        mem_format = torch.channels_last if t.channels_last else torch.contiguous_format
         optimizer = build_optimizer(method.trainable_modules(), cfg.optim, base_lr)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         step_fn: Callable[..., Any] = method.training_step
@@ -343,7 +354,9 @@ class Trainer:
 
         header = (
             f"selfsup {cfg.method.name} | backbone {cfg.backbone.name} | {n} images at "
-            f"{image_size}px | batch {global_batch} | lr {base_lr:.4g} | {device} {precision}"
+            f"{image_size}px | batch {step_batch}"
+            + (f" ({accumulate} x {global_batch})" if accumulate > 1 else "")
+            + f" | lr {base_lr:.4g} | {device} {precision}"
             f" | {workers} workers"
         )
         budget = []
@@ -381,7 +394,7 @@ class Trainer:
         try:
             with self._signals():
                 sampler = EpochSampler(
-                    n, global_batch, t.seed, state.epoch, start=state.epoch_pos,
+                    n, step_batch, t.seed, state.epoch, start=state.epoch_pos,
                     rank=rank, world=world, drop_last=t.drop_last,
                 )  # fmt: skip
                 loader = DataLoader(
@@ -393,25 +406,8 @@ class Trainer:
                 while not done() and stopped_by == "budget":
                     sampler.epoch, sampler.start = state.epoch, state.epoch_pos
                     it = iter(loader)
-                    tick = time.perf_counter()
+                    tick = step_start = time.perf_counter()
                     while True:
-                        try:
-                            views, _, skipped = next(it)
-                        except StopIteration:
-                            break
-                        got = time.perf_counter()
-                        window_wait += got - tick
-                        skipped_files += len(skipped)
-                        if skipped and skipped_file is not None:
-                            with open(skipped_file, "a") as f:
-                                f.write("".join(s + "\n" for s in skipped))
-                        views = [
-                            v.to(device, non_blocking=True).contiguous(
-                                memory_format=torch.channels_last if t.channels_last
-                                else torch.contiguous_format
-                            )
-                            for v in views
-                        ]  # fmt: skip
                         p = self._progress(state, total_steps, max_time)
                         info = StepInfo(step=state.step, progress=p, epoch=state.epoch)
                         lr = base_lr * schedules.warmup_cosine(
@@ -419,9 +415,42 @@ class Trainer:
                         )
                         for g in optimizer.param_groups:
                             g["lr"] = lr
-                        with autocast(device, precision):
-                            loss, logs = step_fn(views, info)
-                        loss_f = float(loss.detach())
+                        # One optimiser step = `accumulate` micro-batches (usually one).
+                        step_losses: list[float] = []
+                        step_logs: list[dict[str, torch.Tensor]] = []
+                        exhausted = False
+                        for _micro in range(accumulate):
+                            try:
+                                views, _, skipped = next(it)
+                            except StopIteration:
+                                exhausted = True
+                                break
+                            window_wait += time.perf_counter() - tick
+                            skipped_files += len(skipped)
+                            if skipped and skipped_file is not None:
+                                with open(skipped_file, "a") as f:
+                                    f.write("".join(s + "\n" for s in skipped))
+                            views = [
+                                v.to(device, non_blocking=True).contiguous(memory_format=mem_format)
+                                for v in views
+                            ]
+                            with autocast(device, precision):
+                                loss, logs = step_fn(views, info)
+                            step_losses.append(float(loss.detach()))
+                            step_logs.append(logs)
+                            if not math.isfinite(step_losses[-1]):
+                                continue  # the whole step is skipped below
+                            scaled = loss / accumulate if accumulate > 1 else loss
+                            if scaler is not None:
+                                scaler.scale(scaled).backward()
+                            else:
+                                scaled.backward()
+                            del loss, scaled
+                            tick = time.perf_counter()
+                        if exhausted:
+                            optimizer.zero_grad(set_to_none=True)
+                            break
+                        loss_f = sum(step_losses) / len(step_losses)
                         if not math.isfinite(loss_f):
                             optimizer.zero_grad(set_to_none=True)
                             state.skipped_steps += 1
@@ -441,18 +470,15 @@ class Trainer:
                         else:
                             bad_run = 0
                             if scaler is not None:
-                                scaler.scale(loss).backward()
                                 scaler.unscale_(optimizer)
-                            else:
-                                loss.backward()
+                            if world > 1:
+                                _all_reduce_grads(method.trainable_modules())
                             method.on_after_backward(info)
                             if cfg.optim.grad_clip:
                                 params = [
                                     q for m in method.trainable_modules() for q in m.parameters()
                                 ]
                                 nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                            if world > 1:
-                                _all_reduce_grads(method.trainable_modules())
                             if scaler is not None:
                                 scaler.step(optimizer)
                                 scaler.update()
@@ -461,17 +487,18 @@ class Trainer:
                             optimizer.zero_grad(set_to_none=True)
                             method.on_step_end(info)
                             last_loss = loss_f
-                            for k, v in logs.items():
-                                window[k] = window.get(k, 0.0) + float(v)
+                            for logs in step_logs:
+                                for k, v in logs.items():
+                                    window[k] = window.get(k, 0.0) + float(v) / accumulate
                             window_n += 1
                         state.step += 1
-                        state.epoch_pos += global_batch
-                        state.images_seen += global_batch
+                        state.epoch_pos += step_batch
+                        state.images_seen += step_batch
                         now = time.perf_counter()
-                        state.elapsed += now - tick
-                        window_time += now - tick
-                        window_images += global_batch
-                        tick = now
+                        state.elapsed += now - step_start
+                        window_time += now - step_start
+                        window_images += step_batch
+                        tick = step_start = now
 
                         if state.step % t.log_every == 0 or done():
                             ips = window_images / max(window_time, 1e-9)
@@ -509,7 +536,7 @@ class Trainer:
                         if state.elapsed >= next_ckpt:
                             save()
                             next_ckpt = state.elapsed + parse_duration(t.checkpoint_every)
-                            tick = time.perf_counter()
+                            tick = step_start = time.perf_counter()
                     del it
                     epoch_end = state.epoch_pos >= epoch_length
                     if epoch_end:
