@@ -23,7 +23,11 @@ def _help(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_every_command_documents_every_option_with_its_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for args in (["pretrain"], ["eval", "knn"], ["eval", "linear"], ["methods"], ["config"]):
+    for args in (
+        ["pretrain"], ["eval", "knn"], ["eval", "linear"], ["eval", "fewshot"],
+        ["eval", "finetune"], ["eval", "scratch"], ["eval", "selftrain"], ["methods"],
+        ["config"], ["data", "check"], ["experiment", "label-efficiency"],
+    ):  # fmt: skip
         text = _help(args, capsys)
         # Every option line carries a "(default: ...)" (help itself excepted).
         parser = build_parser()

@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     # -- eval
     ev = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: knn, linear",
+        help="evaluate a checkpoint: knn, linear, fewshot, finetune, scratch, selftrain",
         formatter_class=_Formatter,
         description="Evaluate frozen features of a checkpoint.",
     )
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of --train held out to choose the sweep's winner (default: 0.1)",
     )
 
+    # -- few-label protocols (eval fewshot/finetune/scratch/selftrain, experiment)
+    _add_fewlabel_parsers(evs, sub)
+
     # -- data
     da = sub.add_parser(
         "data",
@@ -396,6 +399,259 @@ def build_parser() -> argparse.ArgumentParser:
         help="overrides applied before printing, e.g. train.batch_size=128",
     )
     return p
+
+
+def _finetune_options(p: argparse.ArgumentParser) -> None:
+    from selfsup.eval.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p.add_argument(
+        "--val-per-class",
+        type=int,
+        default=10,
+        help="validation images a class carved from --train (extra labels, used "
+        "only to choose the epoch) (default: 10)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help=f"maximum epochs; early stopping may end sooner (default: {d.epochs})",
+    )
+    p.add_argument(
+        "--max-time",
+        default=None,
+        help="wall-clock budget per training run, e.g. 3m (default: none)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"images a step (default: {d.batch_size})",
+    )
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help=f"head learning rate, SGD + cosine (default: {d.lr})"
+    )
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=d.backbone_lr_scale,
+        help="backbone lr as a fraction of --lr for pretrained backbones; small "
+        f"values refine rather than overwrite them (default: {d.backbone_lr_scale})",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help=f"epochs without validation gain before stopping (default: {d.patience})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=f"seed of the labelled draw and training (default: {d.seed})",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--workers", type=int, default=-1, help="data workers (default: -1, up to 4)")
+
+
+def _finetune_config(a: argparse.Namespace) -> Any:
+    from selfsup.eval.finetune import FinetuneConfig
+
+    return FinetuneConfig(epochs=a.epochs, max_time=a.max_time, batch_size=a.batch_size, lr=a.lr,
+                          backbone_lr_scale=a.backbone_lr_scale, patience=a.patience,
+                          seed=a.seed, device=a.device, num_workers=a.workers)  # fmt: skip
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _add_fewlabel_parsers(evs: Any, sub: Any) -> None:
+    common = dict(formatter_class=_Formatter)
+    fs = evs.add_parser("fewshot", help="k labelled images a class: linear and nearest-centroid",
+                        description="Few-shot evaluation on frozen features: for each k, "
+                        "seeded stratified draws of k images a class; a logistic regression "
+                        "(L2 chosen by cross-validation on the k-shot set) and a nearest-centroid "
+                        "classifier; mean and std over draws.", **common)  # fmt: skip
+    fs.add_argument(
+        "--shots", default="1,5,10,30,100", help="comma-separated k (default: %(default)s)"
+    )
+    fs.add_argument("--seeds", type=int, default=5, help="draws for each k (default: 5)")
+    for name, help_, desc in (
+        (
+            "finetune",
+            "fine-tune the whole network on a label subset",
+            "Fine-tune backbone + linear head on k images a class (--shots) or a fraction of "
+            "the labels (--fraction), with light augmentation, a lower backbone learning rate "
+            "(layer-wise decay for ViTs) and early stopping on a validation split from --train.",
+        ),
+        (
+            "scratch",
+            "train the same network from scratch on the same labels",
+            "The baseline for every SSL number: the same backbone from random initialisation, "
+            "trained on the same labelled subset with the same budget and augmentation.",
+        ),
+        (
+            "selftrain",
+            "fine-tuned teacher + pseudo-labels -> student",
+            "Self-training: the fine-tuned SSL model labels the unlabelled training images; "
+            "confident, class-balanced pseudo-labels plus the true labels train a student under "
+            "strong augmentation; reports the gain over the teacher.",
+        ),
+    ):
+        p = evs.add_parser(name, help=help_, description=desc, **common)
+        p.add_argument(
+            "--shots",
+            type=int,
+            default=None,
+            help="labelled images a class (default: none; or --fraction)",
+        )
+        p.add_argument(
+            "--fraction",
+            type=float,
+            default=None,
+            help="fraction of the labelled images, e.g. 0.01 (default: none)",
+        )
+        _finetune_options(p)
+        if name == "selftrain":
+            p.add_argument(
+                "--threshold",
+                type=float,
+                default=0.7,
+                help="minimum teacher confidence for a pseudo-label (default: 0.7)",
+            )
+            p.add_argument(
+                "--max-per-class",
+                type=int,
+                default=500,
+                help="pseudo-labels a class at most (default: 500)",
+            )
+            p.add_argument(
+                "--pool-limit",
+                type=int,
+                default=10000,
+                help="unlabelled images the teacher labels at most (default: 10000)",
+            )
+        if name != "selftrain":
+            p.add_argument(
+                "--confusion",
+                default=None,
+                help="write the test confusion matrix PNG here (default: none)",
+            )
+    for p in (fs, *[evs.choices[n] for n in ("finetune", "scratch", "selftrain")]):
+        p.add_argument(
+            "--checkpoint",
+            required=True,
+            metavar="RUN",
+            help="run folder or checkpoint file (required)",
+        )
+        p.add_argument("--train", required=True, help="labelled training images (required)")
+        p.add_argument("--test", required=True, help="labelled test images (required)")
+        p.add_argument("--data-root", default=None, help="where named sets live (default: none)")
+        p.add_argument(
+            "--json", action="store_true", help="one JSON object on stdout (default: false)"
+        )
+
+    ex = sub.add_parser("experiment", help="multi-protocol experiments: label-efficiency",
+                        description="Experiments that combine protocols.", **common)  # fmt: skip
+    exs = ex.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    le = exs.add_parser("label-efficiency", **common,
+                        help="accuracy against labels a class: scratch, SSL+linear, "
+                        "SSL+fine-tune, SSL+self-training",
+                        description="Runs every protocol at each label budget and writes "
+                        "label_efficiency.md, .json and .png (plus confusion matrices) into "
+                        "--out. Works on any labelled ImageFolder.")  # fmt: skip
+    le.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder (required)")
+    le.add_argument("--train", required=True, help="labelled training images (required)")
+    le.add_argument("--test", required=True, help="labelled test images (required)")
+    le.add_argument("--data-root", default=None, help="where named sets live (default: none)")
+    le.add_argument("--out", default=None, help="output folder (default: RUN/label_efficiency)")
+    le.add_argument("--shots", default="10,30,100", help="labels a class (default: %(default)s)")
+    le.add_argument("--seeds", type=int, default=3, help="draws for SSL+linear (default: 3)")
+    le.add_argument(
+        "--protocols",
+        default="scratch,linear,finetune,selftrain",
+        help="which protocols (default: %(default)s)",
+    )
+    le.add_argument(
+        "--threshold",
+        type=float,
+        default=0.7,
+        help="self-training confidence threshold (default: 0.7)",
+    )
+    le.add_argument(
+        "--pool-limit",
+        type=int,
+        default=10000,
+        help="unlabelled images for self-training (default: 10000)",
+    )
+    _finetune_options(le)
+
+
+def cmd_fewlabel(a: argparse.Namespace) -> int:
+    from selfsup import experiments
+
+    if a.protocol == "fewshot":
+        res: Any = experiments.evaluate_fewshot(a.checkpoint, a.train, a.test,
+                                                shots=_int_list(a.shots), seeds=a.seeds,
+                                                data_root=a.data_root)  # fmt: skip
+        out = res.as_dict()
+        rows = [(f"{r.shots} shots ({r.labels_used} labels)",
+                 f"linear {r.linear_top1_mean:.2f} ± {r.linear_top1_std:.2f} | centroid "
+                 f"{r.centroid_top1_mean:.2f} ± {r.centroid_top1_std:.2f}") for r in res.results]  # fmt: skip
+    else:
+        cfg = _finetune_config(a)
+        kw = dict(shots=a.shots, fraction=a.fraction, val_per_class=a.val_per_class, config=cfg,
+                  data_root=a.data_root)  # fmt: skip
+        if a.protocol == "selftrain":
+            out = experiments.evaluate_selftrain(a.checkpoint, a.train, a.test, threshold=a.threshold,
+                                                 max_per_class=a.max_per_class,
+                                                 pool_limit=a.pool_limit, **kw)  # fmt: skip
+            t, s = out["teacher"]["test"], out["student"]["test"]
+            rows = [("teacher top-1 / balanced", f"{t['top1']:.2f} / {t['balanced']:.2f}"),
+                    ("student top-1 / balanced", f"{s['top1']:.2f} / {s['balanced']:.2f}"),
+                    ("gain (points)", f"{out['gain_top1']:+.2f}"),
+                    ("pseudo-labels (accuracy)",
+                     f"{out['pseudo_labels']} ({out['pseudo_label_accuracy']:.1f}%)"),
+                    ("true labels", str(out["true_labels"]))]  # fmt: skip
+        else:
+            rep = experiments.evaluate_finetune(a.checkpoint, a.train, a.test,
+                                                random_init=a.protocol == "scratch",
+                                                confusion_png=a.confusion, **kw)  # fmt: skip
+            out = rep.as_dict()
+            m = rep.test
+            rows = [("top-1 (%)", f"{m.top1:.2f}"), (f"top-{m.k} (%)", f"{m.topk:.2f}"),
+                    ("balanced accuracy (%)", f"{m.balanced:.2f}"),
+                    ("validation top-1 (%)", f"{rep.val_top1:.2f}"),
+                    ("kept epoch / run", f"{rep.best_epoch} / {rep.epochs_run}"),
+                    ("training labels", str(rep.train_images)),
+                    ("validation labels", str(rep.val_images)),
+                    ("seconds", f"{rep.seconds:.1f}")]  # fmt: skip
+            rows += [(f"  {c}", f"{v:.1f}") for c, v in zip(m.classes, m.per_class, strict=True)]
+    if a.json:
+        print(json.dumps(out, default=str))
+    else:
+        _print_table(f"{a.protocol}: {a.checkpoint}", rows)
+    return 0
+
+
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from selfsup import experiments
+    from selfsup.config import ConfigError
+
+    if a.experiment != "label-efficiency":
+        raise ConfigError("choose an experiment: selfsup experiment label-efficiency ...")
+    out = a.out or str(__import__("pathlib").Path(a.checkpoint) / "label_efficiency")
+    res = experiments.label_efficiency(
+        a.checkpoint, a.train, a.test, out, shots=_int_list(a.shots), seeds=a.seeds,
+        val_per_class=a.val_per_class, protocols=tuple(a.protocols.split(",")),
+        config=_finetune_config(a), data_root=a.data_root, threshold=a.threshold,
+        pool_limit=a.pool_limit,
+    )  # fmt: skip
+    print(experiments._markdown(res))
+    print(f"written: {out}/label_efficiency.md, .json, .png")
+    return 0
 
 
 def _lin_defaults() -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -465,7 +721,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from selfsup.eval import KNNResult, LinearResult
 
     if a.protocol is None:
-        raise ConfigError("choose a protocol: selfsup eval knn ... or selfsup eval linear ...")
+        raise ConfigError(
+            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain"
+        )
+    if a.protocol in ("fewshot", "finetune", "scratch", "selftrain"):
+        return cmd_fewlabel(a)
     if a.checkpoint is None and not a.random_init:
         raise ConfigError("pass --checkpoint RUN (or --random-init to evaluate an untrained net).")
     if a.floor and a.checkpoint is None:
@@ -609,7 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from selfsup.train.checkpoint import CheckpointError
 
     handlers = {"pretrain": cmd_pretrain, "eval": cmd_eval, "methods": cmd_methods,
-                "config": cmd_config, "data": cmd_data}  # fmt: skip
+                "config": cmd_config, "data": cmd_data,
+                "experiment": cmd_experiment}  # fmt: skip
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, UnknownNameError, TrainingError) as err:

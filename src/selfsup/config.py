@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,11 @@ class MonitorConfig:
     temperature: float = 0.1
     # Run the monitor every this many epochs.
     every_epochs: int = 1
+    # Online linear probe on detached features of each training batch (needs labels).
+    probe: bool = True
+    # Collapse signals (feature spread, effective rank, contrastive loss at chance level):
+    # logged, and a warning with likely causes when they fire.
+    collapse: bool = True
 
 
 @dataclass
@@ -357,7 +363,8 @@ def build_config(
         cfg = schema(name)
     except KeyError as err:
         raise ConfigError(str(err)) from None
-    cfg = _merge(cfg, file_data, f"config file {config_file}" if file_data else "config")
+    source = "the given config" if isinstance(config_file, dict) else f"config file {config_file}"
+    cfg = _merge(cfg, file_data, source)
     for (k, _), nv in zip(value_items, nested_values, strict=True):
         cfg = _merge(cfg, nv, f"option for {k}")
     for (k, _), nv in zip(dotted, nested_over, strict=True):
@@ -437,8 +444,41 @@ def to_yaml(cfg: Config) -> str:
 
 
 def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Rebuild a config saved by :func:`to_dict` (e.g. from a checkpoint)."""
-    return build_config(config_file=data, overrides=overrides)
+    """Rebuild a config saved by :func:`to_dict` (e.g. from a checkpoint).
+
+    A config saved by an older selfsup may not fit today's schema; it is then adapted: keys
+    that no longer exist are dropped and a single value where a list is now expected is
+    wrapped, each with a warning (new keys take their defaults).
+    """
+    try:
+        return build_config(config_file=data, overrides=overrides)
+    except ConfigError:
+        name = _method_name(data) or MethodConfig.name
+        adapted, notes = _adapt(data, OmegaConf.to_container(schema(name)), "")
+        for note in notes:
+            warnings.warn(f"saved config: {note}", stacklevel=2)
+        return build_config(config_file=adapted, overrides=overrides)
+
+
+def _adapt(saved: Any, ref: Any, prefix: str) -> tuple[Any, list[str]]:
+    """Fit a saved (older) config tree to the reference schema tree."""
+    notes: list[str] = []
+    if isinstance(ref, dict) and isinstance(saved, dict):
+        out = {}
+        for k, v in saved.items():
+            if k not in ref:
+                if ref and not (prefix.endswith("kwargs.") or "kwargs" in prefix):
+                    notes.append(f"dropped {prefix}{k}={v!r} (no longer a config key)")
+                    continue
+                out[k] = v
+                continue
+            out[k], sub_notes = _adapt(v, ref[k], f"{prefix}{k}.")
+            notes += sub_notes
+        return out, notes
+    if isinstance(ref, list) and saved is not None and not isinstance(saved, list | tuple):
+        notes.append(f"{prefix.rstrip('.')}: {saved!r} became [{saved!r}]")
+        return [saved], notes
+    return saved, notes
 
 
 def flat_defaults(obj: Any, prefix: str = "") -> dict[str, Any]:

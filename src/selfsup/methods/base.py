@@ -96,6 +96,12 @@ class Method(nn.Module):
         """
         return {}
 
+    def chance_loss(self, batch_size: int) -> float | None:
+        """The loss of an uninformative embedding for a global batch of ``batch_size``
+        (contrastive methods: the log of the number of candidates), or None. A loss stuck
+        there is a collapse signal."""
+        return None
+
     def feature_extractor(self) -> nn.Module:
         """The network whose (B, D) output is the learned representation."""
         return self.backbone

@@ -4,6 +4,7 @@ Contrast for Unsupervised Visual Representation Learning")."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -125,6 +126,10 @@ class MoCoV2(Method):
         else:
             self._pending_keys = k1
         return loss, {"loss": loss.detach()}
+
+    def chance_loss(self, batch_size: int) -> float | None:
+        # The positive among queue_size negatives.
+        return math.log(self.cfg.queue_size + 1)
 
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:

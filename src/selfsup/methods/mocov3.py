@@ -3,6 +3,7 @@ Xie & He, ICCV 2021, "An Empirical Study of Training Self-Supervised Vision Tran
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,6 +117,10 @@ class MoCoV3(Method):
         k0, k1 = self.keys(views[0]), self.keys(views[1])
         loss = self.contrastive_loss(q0, k1) + self.contrastive_loss(q1, k0)
         return loss, {"loss": loss.detach()}
+
+    def chance_loss(self, batch_size: int) -> float | None:
+        # Two directions of 2t-scaled InfoNCE over batch_size keys.
+        return 2 * 2.0 * self.cfg.temperature * math.log(batch_size)
 
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +61,9 @@ class SimCLR(Method):
         z0, z1 = z[:b], z[b:]
         loss = self.criterion(z0, z1)
         return loss, {"loss": loss.detach()}
+
+    def chance_loss(self, batch_size: int) -> float | None:
+        return math.log(2 * batch_size - 1)
 
     def default_transform(
         self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3

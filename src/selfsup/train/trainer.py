@@ -37,6 +37,13 @@ from selfsup.eval.knn import knn_classify
 from selfsup.methods.base import Method, StepInfo
 from selfsup.train import checkpoint as ckpt_io
 from selfsup.train.logger import MetricsLogger
+from selfsup.train.monitors import (
+    CAUSES,
+    FirstCall,
+    OnlineProbe,
+    collapse_stats,
+    loss_stuck,
+)
 from selfsup.train.optim import build_optimizer, scaled_lr
 
 # Consecutive non-finite losses tolerated (each skipped) before training stops.
@@ -273,8 +280,8 @@ class Trainer:
         transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
         dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
         workers = default_workers(cfg.data.num_workers)
-        probe = EpochSampler(n, step_batch, t.seed, 0, drop_last=t.drop_last)
-        steps_per_epoch = probe.epoch_length() // step_batch
+        sizing = EpochSampler(n, step_batch, t.seed, 0, drop_last=t.drop_last)
+        steps_per_epoch = sizing.epoch_length() // step_batch
         total_steps, max_time = self._budget(steps_per_epoch)
         base_lr = scaled_lr(cfg.optim, step_batch)
         mem_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -284,6 +291,13 @@ class Trainer:
         if t.compile:
             method.compile()
 
+        features_hook = (
+            FirstCall(method.backbone) if (cfg.monitor.probe or cfg.monitor.collapse) else None
+        )
+        probe: OnlineProbe | None = None
+        if cfg.monitor.probe and source.labels is not None and any(t >= 0 for t in source.labels):
+            n_classes = max(source.labels) + 1
+            probe = OnlineProbe(method.backbone.embed_dim, n_classes).to(device)
         state = TrainState()
         if resume is not None:
             method.load_state_dict(resume["method"])
@@ -293,6 +307,8 @@ class Trainer:
             state = TrainState(**resume["state"])
             state.finished = False
             ckpt_io.restore_rng(resume["rng"])
+            if probe is not None and resume.get("probe"):
+                probe.load_full_state(resume["probe"])
 
         main = dist.is_main()
         out = self.out_dir
@@ -316,6 +332,7 @@ class Trainer:
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "state": asdict(state),
                 "rng": ckpt_io.capture_rng(),
+                "probe": probe.full_state() if probe is not None else None,
             }
             ckpt_io.save_atomic(obj, out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST)
 
@@ -381,6 +398,10 @@ class Trainer:
         last_loss: float | None = None
         bad_run = 0
         skipped_files = 0
+        probe_n = 0
+        last_features: torch.Tensor | None = None
+        collapse_warned_at = -(10**9)
+        chance = method.chance_loss(global_batch)
         stopped_by = "budget"
         next_ckpt = state.elapsed + parse_duration(t.checkpoint_every)
         skipped_file = out / "skipped.txt" if (out is not None and main) else None
@@ -421,7 +442,7 @@ class Trainer:
                         exhausted = False
                         for _micro in range(accumulate):
                             try:
-                                views, _, skipped = next(it)
+                                views, labels, skipped = next(it)
                             except StopIteration:
                                 exhausted = True
                                 break
@@ -434,8 +455,19 @@ class Trainer:
                                 v.to(device, non_blocking=True).contiguous(memory_format=mem_format)
                                 for v in views
                             ]
+                            if features_hook is not None:
+                                features_hook.reset()
                             with autocast(device, precision):
                                 loss, logs = step_fn(views, info)
+                            feats = features_hook.value if features_hook is not None else None
+                            if feats is not None:
+                                feats = feats[: views[0].shape[0]]
+                                if probe is not None:
+                                    acc = probe.step(feats, labels)
+                                    if acc is not None:
+                                        window["probe_acc"] = window.get("probe_acc", 0.0) + acc
+                                        probe_n += 1
+                                last_features = feats
                             step_losses.append(float(loss.detach()))
                             step_logs.append(logs)
                             if not math.isfinite(step_losses[-1]):
@@ -508,7 +540,28 @@ class Trainer:
                                 "lr": lr, "img_per_s": ips,
                                 "data_wait": window_wait / max(window_time, 1e-9),
                             }  # fmt: skip
+                            probe_sum = window.pop("probe_acc", None)
                             row.update({k: v / max(window_n, 1) for k, v in window.items()})
+                            if probe_sum is not None and probe_n:
+                                row["probe_acc"] = probe_sum / probe_n
+                            health = ""
+                            if cfg.monitor.collapse and last_features is not None:
+                                cs = collapse_stats(last_features)
+                                row["std_ratio"], row["rankme"] = cs.std_ratio, cs.rankme
+                                reason = cs.reason if cs.collapsed else ""
+                                if loss_stuck(row.get("loss", float("nan")), chance, p):
+                                    reason = (reason + "; " if reason else "") + (
+                                        f"loss {row['loss']:.3f} stuck at chance level {chance:.3f}"
+                                    )
+                                row["collapse"] = int(bool(reason))
+                                if reason:
+                                    health = "COLLAPSE?"
+                                    if state.step - collapse_warned_at >= 10 * t.log_every:
+                                        collapse_warned_at = state.step
+                                        tqdm.write(
+                                            f"warning: step {state.step}: the representation may "
+                                            f"be collapsing ({reason}); {CAUSES}."
+                                        )
                             if logger is not None:
                                 logger.log(row)
                             post = {"loss": f"{row.get('loss', float('nan')):.4f}",
@@ -518,8 +571,12 @@ class Trainer:
                                 post["skipped steps"] = state.skipped_steps
                             if skipped_files:
                                 post["bad files"] = skipped_files
+                            if "probe_acc" in row:
+                                post["probe"] = f"{row['probe_acc']:.1f}%"
+                            if health:
+                                post["health"] = health
                             bar.set_postfix(post, refresh=False)
-                            window, window_n, window_images = {}, 0, 0
+                            window, window_n, window_images, probe_n = {}, 0, 0, 0
                             window_time = window_wait = 0.0
                         if not total_steps and max_time and state.elapsed > 0:
                             bar.total = max(state.step, int(state.step * max_time / state.elapsed))
@@ -556,6 +613,8 @@ class Trainer:
                     run_monitor()
         finally:
             bar.close()
+            if features_hook is not None:
+                features_hook.remove()
             if logger is not None:
                 logger.close()
 
