@@ -45,10 +45,11 @@ def test_rankme_by_hand() -> None:
 
 def test_loss_stuck_at_chance() -> None:
     chance = math.log(255)
-    assert loss_stuck(chance * 1.01, chance, progress=0.5)
-    assert not loss_stuck(chance * 0.8, chance, progress=0.5)
-    assert not loss_stuck(chance, chance, progress=0.05)  # too early to judge
-    assert not loss_stuck(chance, None, progress=0.5)
+    assert loss_stuck(chance * 1.01, chance, progress=0.5, step=1000)
+    assert not loss_stuck(chance * 0.8, chance, progress=0.5, step=1000)
+    assert not loss_stuck(chance, chance, progress=0.05, step=1000)  # too early to judge
+    assert not loss_stuck(chance, chance, progress=0.5, step=20)  # too few steps
+    assert not loss_stuck(chance, None, progress=0.5, step=1000)
 
 
 def test_online_probe_learns() -> None:

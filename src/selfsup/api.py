@@ -221,6 +221,10 @@ def pretrain(
     overrides given with it are applied on top of its saved config, e.g. a longer budget).
     ``options`` are the shortcuts of :data:`SHORTCUTS` (``epochs``, ``max_time``, ...).
     """
+    from selfsup import dist
+    from selfsup.train import distributed
+
+    distributed.setup()  # joins the process group under torchrun; no-op otherwise
     state: dict[str, Any] | None = None
     if resume is not None:
         state = ckpt_io.load(resume)
@@ -252,7 +256,16 @@ def pretrain(
                 options["data"] = data
             cfg = make_config(method, config, overrides, **options)
         if out is not None:
-            _check_out(Path(out), overwrite)
+            # Rank 0 alone looks at (and may clear) the folder; every rank gets its verdict.
+            problem = None
+            if dist.is_main():
+                try:
+                    _check_out(Path(out), overwrite)
+                except ConfigError as err:
+                    problem = str(err)
+            problem = distributed.broadcast_object(problem)
+            if problem:
+                raise ConfigError(problem)
     if not cfg.data.path:
         raise ConfigError(
             "no data: pass --data (a folder of images or a named set such as cifar10)."

@@ -686,10 +686,19 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         if a.config and not a.method:
             name = api.make_config(None, a.config, a.overrides, **options).method.name
         out = os.path.join("runs", name)
-    result = api.pretrain(
-        a.method, out=out, config=a.config, overrides=a.overrides, resume=a.resume,
-        overwrite=a.overwrite, progress=not a.no_progress, **options,
-    )  # fmt: skip
+    from selfsup import dist
+    from selfsup.train import distributed
+
+    try:
+        result = api.pretrain(
+            a.method, out=out, config=a.config, overrides=a.overrides, resume=a.resume,
+            overwrite=a.overwrite, progress=not a.no_progress, **options,
+        )  # fmt: skip
+        main = dist.is_main()
+    finally:
+        distributed.cleanup()
+    if not main:
+        return 0
     s = result.state
     line = (
         f"done ({result.stopped_by}): {s.step} steps, {s.images_seen} images, "

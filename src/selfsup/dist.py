@@ -3,8 +3,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as tdist
+
+_SIDE_GROUP: Any = None
+
+
+def set_side_group(group: Any) -> None:
+    """A second process group for collectives issued inside autograd (gathers' and
+    synchronised BatchNorm's backward). DDP all-reduces gradient buckets asynchronously on
+    the default group during the same backward pass; sharing one group would let the two
+    streams of collectives interleave differently on different ranks."""
+    global _SIDE_GROUP
+    _SIDE_GROUP = group
+
+
+def side_group() -> Any:
+    """The group for collectives inside autograd (None: the default group)."""
+    return _SIDE_GROUP
 
 
 def is_initialized() -> bool:
@@ -42,13 +60,13 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         out = [torch.zeros_like(x) for _ in range(tdist.get_world_size())]
-        tdist.all_gather(out, x.contiguous())
+        tdist.all_gather(out, x.contiguous(), group=side_group())
         return tuple(out)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor) -> torch.Tensor:
         all_grads = torch.stack(grads)
-        tdist.all_reduce(all_grads)
+        tdist.all_reduce(all_grads, group=side_group())
         return all_grads[tdist.get_rank()]
 
 
@@ -88,3 +106,37 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     tdist.all_reduce(y, op=tdist.ReduceOp.MAX)
     return y
+
+
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum of ``x`` over ranks (a new tensor; no gradient)."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    tdist.all_reduce(y, op=tdist.ReduceOp.MIN)
+    return y
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks: the gradient of every
+    rank's loss with respect to the shared total (synchronised BatchNorm statistics)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        y = x.detach().clone()
+        tdist.all_reduce(y, group=side_group())
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.detach().clone()
+        tdist.all_reduce(g, group=side_group())
+        return g
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``x`` over ranks (the identity when not distributed)."""
+    if not is_initialized() or world_size() == 1:
+        return x
+    out: torch.Tensor = _AllReduceSum.apply(x)
+    return out

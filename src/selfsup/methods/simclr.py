@@ -37,6 +37,9 @@ class SimCLR(Method):
 
     Config = SimCLRConfig
     cfg: SimCLRConfig
+    # SimCLR's "global BN" (Appendix B.2): statistics over the whole distributed batch, so
+    # the network cannot use per-device statistics to find positives.
+    needs_sync_batchnorm = True
 
     def __init__(self, cfg: SimCLRConfig, backbone: Backbone) -> None:
         super().__init__(cfg, backbone)

@@ -64,10 +64,14 @@ def collapse_stats(features: torch.Tensor) -> CollapseStats:
     return CollapseStats(std_ratio, rankme, bool(reasons), "; ".join(reasons))
 
 
-def loss_stuck(loss: float, chance: float | None, progress: float) -> bool:
+# Contrastive losses leave chance level within their first hundred steps when learning.
+STUCK_MIN_STEPS = 200
+
+
+def loss_stuck(loss: float, chance: float | None, progress: float, step: int) -> bool:
     """A contrastive loss still within CHANCE_MARGIN of its chance level (log of the number
-    of candidates) after the first 10% of the budget."""
-    if chance is None or progress < 0.1 or not math.isfinite(loss):
+    of candidates) after the first 10% of the budget and STUCK_MIN_STEPS steps."""
+    if chance is None or progress < 0.1 or step < STUCK_MIN_STEPS or not math.isfinite(loss):
         return False
     return abs(loss - chance) <= CHANCE_MARGIN * chance
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,7 +36,9 @@ from selfsup.data import (
 from selfsup.eval.features import autocast, extract_features
 from selfsup.eval.knn import knn_classify
 from selfsup.methods.base import Method, StepInfo
+from selfsup.modules.sync_batchnorm import convert_sync_batchnorm
 from selfsup.train import checkpoint as ckpt_io
+from selfsup.train import distributed
 from selfsup.train.logger import MetricsLogger
 from selfsup.train.monitors import (
     CAUSES,
@@ -248,8 +251,11 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        torch.manual_seed(t.seed)
+        # Each rank has its own random stream (e.g. different MAE masks on each rank).
+        torch.manual_seed(t.seed + dist.rank())
         device = resolve_device(t.device)
+        if dist.world_size() > 1 and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
         precision = resolve_precision(t.precision, device)
         image_size = cfg.data.image_size
         if image_size is None:
@@ -275,6 +281,9 @@ class Trainer:
             )
 
         method.to(device)
+        if world > 1 and method.needs_sync_batchnorm:
+            # The loss depends on batch statistics: make them those of the global batch.
+            convert_sync_batchnorm(method, device)
         if t.channels_last:
             method.to(memory_format=torch.channels_last)
         transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
@@ -287,15 +296,18 @@ class Trainer:
         mem_format = torch.channels_last if t.channels_last else torch.contiguous_format
         optimizer = build_optimizer(method.trainable_modules(), cfg.optim, base_lr)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        step_fn: Callable[..., Any] = method.training_step
         if t.compile:
             method.compile()
+        ddp: DistributedDataParallel | None = (
+            distributed.wrap(method, device) if world > 1 else None
+        )
+        step_fn: Callable[..., Any] = ddp if ddp is not None else method.training_step
 
         features_hook = (
             FirstCall(method.backbone) if (cfg.monitor.probe or cfg.monitor.collapse) else None
         )
         probe: OnlineProbe | None = None
-        if cfg.monitor.probe and source.labels is not None and any(t >= 0 for t in source.labels):
+        if cfg.monitor.probe and source.labels is not None and max(source.labels) >= 0:
             n_classes = max(source.labels) + 1
             probe = OnlineProbe(method.backbone.embed_dim, n_classes).to(device)
         state = TrainState()
@@ -306,7 +318,11 @@ class Trainer:
                 scaler.load_state_dict(resume["scaler"])
             state = TrainState(**resume["state"])
             state.finished = False
-            ckpt_io.restore_rng(resume["rng"])
+            rngs = resume.get("rng_ranks")
+            if rngs is not None and len(rngs) == world:
+                ckpt_io.restore_rng(rngs[rank])
+            else:
+                ckpt_io.restore_rng(resume["rng"])
             if probe is not None and resume.get("probe"):
                 probe.load_full_state(resume["probe"])
 
@@ -321,6 +337,9 @@ class Trainer:
             )
 
         def save() -> None:
+            # Every rank calls save() at the same steps (decisions are synchronised), so the
+            # random states of all ranks can be gathered into rank 0's checkpoint.
+            rng_ranks = distributed.gather_objects(ckpt_io.capture_rng()) if world > 1 else None
             if not main or out is None:
                 return
             obj = {
@@ -332,6 +351,7 @@ class Trainer:
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "state": asdict(state),
                 "rng": ckpt_io.capture_rng(),
+                "rng_ranks": rng_ranks,
                 "probe": probe.full_state() if probe is not None else None,
             }
             ckpt_io.save_atomic(obj, out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST)
@@ -356,7 +376,7 @@ class Trainer:
             _save_grids(grids, out / "figures", state.step, cfg.data.mean, cfg.data.std, len(x))
 
         def run_monitor() -> None:
-            if monitor is None:
+            if monitor is None or not main:
                 return
             res = monitor(
                 method.feature_extractor(), image_size, cfg.data.mean, cfg.data.std, channels,
@@ -457,7 +477,17 @@ class Trainer:
                             ]
                             if features_hook is not None:
                                 features_hook.reset()
-                            with autocast(device, precision):
+                            last_micro = _micro == accumulate - 1
+
+                            def grad_sync(
+                                last_micro: bool = last_micro,
+                            ) -> contextlib.AbstractContextManager[Any]:
+                                # Reduce gradients across ranks only on the last micro-batch.
+                                if ddp is not None and not last_micro:
+                                    return ddp.no_sync()
+                                return contextlib.nullcontext()
+
+                            with grad_sync(), autocast(device, precision):
                                 loss, logs = step_fn(views, info)
                             feats = features_hook.value if features_hook is not None else None
                             if feats is not None:
@@ -470,13 +500,19 @@ class Trainer:
                                 last_features = feats
                             step_losses.append(float(loss.detach()))
                             step_logs.append(logs)
-                            if not math.isfinite(step_losses[-1]):
+                            finite = math.isfinite(step_losses[-1])
+                            if world > 1:  # every rank must skip, or none (DDP reduces together)
+                                finite = bool(dist.all_reduce_min(torch.tensor(float(finite))) > 0)
+                                if not finite:
+                                    step_losses[-1] = float("nan")
+                            if not finite:
                                 continue  # the whole step is skipped below
                             scaled = loss / accumulate if accumulate > 1 else loss
-                            if scaler is not None:
-                                scaler.scale(scaled).backward()
-                            else:
-                                scaled.backward()
+                            with grad_sync():
+                                if scaler is not None:
+                                    scaler.scale(scaled).backward()
+                                else:
+                                    scaled.backward()
                             del loss, scaled
                             tick = time.perf_counter()
                         if exhausted:
@@ -503,8 +539,6 @@ class Trainer:
                             bad_run = 0
                             if scaler is not None:
                                 scaler.unscale_(optimizer)
-                            if world > 1:
-                                _all_reduce_grads(method.trainable_modules())
                             method.on_after_backward(info)
                             if cfg.optim.grad_clip:
                                 params = [
@@ -528,6 +562,15 @@ class Trainer:
                         state.images_seen += step_batch
                         now = time.perf_counter()
                         state.elapsed += now - step_start
+                        if world > 1:
+                            # One clock and one stop decision for all ranks (rank 0's view is
+                            # not special: the slowest rank sets the pace anyway).
+                            shared = dist.all_reduce_max(
+                                torch.tensor([state.elapsed, float(self._stop_signal is not None)])
+                            )
+                            state.elapsed = float(shared[0])
+                            if shared[1] > 0 and self._stop_signal is None:
+                                self._stop_signal = "SIGTERM (another rank)"
                         window_time += now - step_start
                         window_images += step_batch
                         tick = step_start = now
@@ -549,7 +592,7 @@ class Trainer:
                                 cs = collapse_stats(last_features)
                                 row["std_ratio"], row["rankme"] = cs.std_ratio, cs.rankme
                                 reason = cs.reason if cs.collapsed else ""
-                                if loss_stuck(row.get("loss", float("nan")), chance, p):
+                                if loss_stuck(row.get("loss", float("nan")), chance, p, state.step):
                                     reason = (reason + "; " if reason else "") + (
                                         f"loss {row['loss']:.3f} stuck at chance level {chance:.3f}"
                                     )
@@ -635,19 +678,6 @@ class Trainer:
             summary = result.as_dict() | {"wall_s": wall, "config": to_dict(cfg)}
             (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return result
-
-
-def _all_reduce_grads(modules: list[nn.Module]) -> None:
-    """Average gradients over ranks (used when not wrapped in DDP)."""
-    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = dist.all_reduce_mean(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def _fixed_batch(
