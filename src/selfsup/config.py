@@ -364,7 +364,10 @@ def build_config(
     except KeyError as err:
         raise ConfigError(str(err)) from None
     source = "the given config" if isinstance(config_file, dict) else f"config file {config_file}"
-    cfg = _merge(cfg, file_data, source)
+    # Section by section, so that a bad section is named even when OmegaConf's own message
+    # has no key (e.g. "method: 0").
+    for key, value in file_data.items():
+        cfg = _merge(cfg, {key: value}, f"{source}, key '{key}'")
     for (k, _), nv in zip(value_items, nested_values, strict=True):
         cfg = _merge(cfg, nv, f"option for {k}")
     for (k, _), nv in zip(dotted, nested_over, strict=True):
