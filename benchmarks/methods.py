@@ -91,7 +91,11 @@ def main() -> None:
             continue
         run = out / name
         print(f"== {name}: pretraining for {a.budget}", flush=True)
-        s = pretrain(name, a.budget, data, run, a.overrides)
+        try:
+            s = pretrain(name, a.budget, data, run, a.overrides)
+        except RuntimeError as err:  # one failing method does not stop the table
+            print(f"{name}: FAILED\n{err}", flush=True)
+            continue
         cfg = selfsup.load_config(run)
         backbone = cfg.backbone.name + (
             f" {dict(cfg.backbone.kwargs)}" if cfg.backbone.kwargs else ""
