@@ -125,3 +125,53 @@ def test_finetune_scratch_and_selftrain_end_to_end(tmp_path: Path) -> None:
                                         threshold=0.0, max_per_class=5, config=cfg)  # fmt: skip
     assert st["pool"] == 40 - 8 - 6 and st["pseudo_labels"] <= 10 and st["true_labels"] == 8
     assert "gain_top1" in st and st["student"]["train_images"] == 8 + st["pseudo_labels"]
+
+
+def test_label_efficiency_writes_table_and_resumes_without_recomputing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import selfsup
+    from selfsup import experiments
+    from selfsup.eval.finetune import FinetuneConfig
+
+    data = make_images(tmp_path / "imgs", classes=2, per_class=16, size=20)
+    run = tmp_path / "run"
+    selfsup.pretrain("simclr", data=str(data), out=run, steps=1, batch_size=8, image_size=16,
+                     workers=0, progress=False, overrides=["monitor.knn=false", "method.proj_hidden_dim=32"])  # fmt: skip
+    cfg = FinetuneConfig(epochs=1, batch_size=8, num_workers=0, patience=5)
+    out = tmp_path / "le"
+    kw = dict(shots=(2, 4), seeds=2, val_per_class=2, config=cfg, threshold=0.0, max_per_class=2)
+    calls = {"n": 0}
+    real = experiments._finetune
+
+    def stop_after_first(*a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 1:  # the scratch model of 2 shots, then die in the SSL fine-tune
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiments, "_finetune", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.label_efficiency(run, str(data), str(data), out, **kw)  # type: ignore[arg-type]
+    partial = json.loads((out / "label_efficiency.json").read_text())
+    assert partial["finished"] is False
+    kept = {(r["protocol"], r["shots"]): r for r in partial["rows"]}
+    assert ("scratch", 2) in kept and ("ssl+linear", 4) in kept and ("scratch", 4) not in kept
+
+    monkeypatch.setattr(experiments, "_finetune", real)
+    res = experiments.label_efficiency(run, str(data), str(data), out, **kw)  # type: ignore[arg-type]
+    got = {(r["protocol"], r["shots"]): r for r in res["rows"]}
+    assert set(got) == {(p, k) for p in ("ssl+linear", "ssl+centroid", "scratch", "ssl+finetune",
+                                         "ssl+selftrain") for k in (2, 4)} | {("ssl+linear (all labels)", -1)}  # fmt: skip
+    assert all(got[key] == row for key, row in kept.items())  # reused, not recomputed
+    assert res["finished"] and not math.isnan(got[("ssl+linear (all labels)", -1)]["balanced"])
+
+    def no_nan(c: str) -> None:
+        raise AssertionError(f"{c} in label_efficiency.json")
+
+    json.loads((out / "label_efficiency.json").read_text(), parse_constant=no_nan)
+    assert (out / "label_efficiency.png").exists()
+    md = (out / "label_efficiency.md").read_text()
+    assert "| scratch |" in md and "| ssl+selftrain |" in md

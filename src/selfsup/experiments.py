@@ -188,42 +188,75 @@ def label_efficiency(
     cfg = config or FinetuneConfig()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "label_efficiency.json"
+    # Everything a row depends on; rows of an interrupted run with the same settings are
+    # reused, so rerunning the same command continues where it stopped.
+    settings: dict[str, Any] = {"run": str(Path(run).resolve()), "train": train, "test": test,
+                                "seeds": seeds, "val_per_class": val_per_class,
+                                "finetune_config": asdict(cfg), "data_root": data_root,
+                                "threshold": threshold, "max_per_class": max_per_class,
+                                "pool_limit": pool_limit}  # fmt: skip
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
+    previous: dict[tuple[str, int], dict[str, Any]] = {}
+    if json_path.exists():
+        try:
+            saved = json.loads(json_path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("settings") == settings:
+            previous = {(r["protocol"], r["shots"]): r for r in saved.get("rows", [])}
     rows: list[dict[str, Any]] = []
+
+    def done(protocol: str, k: int) -> bool:
+        r = previous.get((protocol, k))
+        if r is not None and r not in rows:
+            rows.append(r)
+        return r is not None
 
     def add(protocol: str, k: int, top1: float, balanced: float, std: float | None,
             labels: int, seconds: float) -> None:  # fmt: skip
+        rows[:] = [r for r in rows if (r["protocol"], r["shots"]) != (protocol, k)]
         rows.append({"protocol": protocol, "shots": k, "top1": round(top1, 2),
                      "balanced": round(balanced, 2), "top1_std": None if std is None else round(std, 2),
                      "labels_used": labels, "seconds": round(seconds, 1)})  # fmt: skip
-        (folder / "label_efficiency.json").write_text(json.dumps({"rows": rows}, indent=2))
+        tmp = json_path.with_suffix(".json.tmp")
+        tmp.write_text(
+            json.dumps({"settings": settings, "rows": rows, "finished": False}, indent=2)
+        )
+        tmp.replace(json_path)
 
     common: dict[str, Any] = {"data_root": data_root}
     if "linear" in protocols:
-        few = evaluate_fewshot(run, train, test, shots=shots, seeds=seeds, **common)
-        for fr in few.results:
-            add("ssl+linear", fr.shots, fr.linear_top1_mean, fr.linear_balanced_mean,
-                fr.linear_top1_std, fr.labels_used, few.seconds / len(few.results))  # fmt: skip
-            add("ssl+centroid", fr.shots, fr.centroid_top1_mean, fr.centroid_balanced_mean,
-                fr.centroid_top1_std, fr.labels_used, 0.0)  # fmt: skip
-        if full_labels:
+        todo = tuple(k for k in shots if not all([done("ssl+linear", k), done("ssl+centroid", k)]))
+        if todo:
+            few = evaluate_fewshot(run, train, test, shots=todo, seeds=seeds, **common)
+            for fr in few.results:
+                add("ssl+linear", fr.shots, fr.linear_top1_mean, fr.linear_balanced_mean,
+                    fr.linear_top1_std, fr.labels_used, few.seconds / len(few.results))  # fmt: skip
+                add("ssl+centroid", fr.shots, fr.centroid_top1_mean, fr.centroid_balanced_mean,
+                    fr.centroid_top1_std, fr.labels_used, 0.0)  # fmt: skip
+        if full_labels and not done("ssl+linear (all labels)", -1):
             lin = api.evaluate_linear(run, train, test, **common)
-            add("ssl+linear (all labels)", -1, lin.top1, float("nan"), None, lin.n_train + lin.n_val,
-                lin.seconds)  # fmt: skip
+            add("ssl+linear (all labels)", -1, lin.top1, lin.balanced, None,
+                lin.n_train + lin.n_val, lin.seconds)  # fmt: skip
     for k in shots:
         kw: dict[str, Any] = dict(shots=k, val_per_class=val_per_class, config=cfg, **common)
-        if "scratch" in protocols:
+        if "scratch" in protocols and not done("scratch", k):
             r = evaluate_finetune(run, train, test, random_init=True,
                                   confusion_png=folder / f"confusion_scratch_{k}shot.png", **kw)  # fmt: skip
             add("scratch", k, r.test.top1, r.test.balanced, None, r.train_images, r.seconds)
+        need_finetune = "finetune" in protocols and not done("ssl+finetune", k)
+        need_selftrain = "selftrain" in protocols and not done("ssl+selftrain", k)
         teacher = None
-        if "finetune" in protocols or "selftrain" in protocols:
+        if need_finetune or need_selftrain:  # the fine-tuned model is the self-training teacher
             teacher = _finetune(run, train, test, k, None, val_per_class, False, False, cfg,
                                 data_root)  # fmt: skip
             rep = teacher[1]
             save_confusion_png(rep.test, folder / f"confusion_finetune_{k}shot.png")
-            add("ssl+finetune", k, rep.test.top1, rep.test.balanced, None, rep.train_images,
-                rep.seconds)  # fmt: skip
-        if "selftrain" in protocols:
+            if "finetune" in protocols and need_finetune:
+                add("ssl+finetune", k, rep.test.top1, rep.test.balanced, None, rep.train_images,
+                    rep.seconds)  # fmt: skip
+        if need_selftrain:
             st = evaluate_selftrain(run, train, test, threshold=threshold, max_per_class=max_per_class,
                                     pool_limit=pool_limit, teacher=teacher, **kw)  # fmt: skip
             stu = st["student"]
@@ -231,8 +264,9 @@ def label_efficiency(
                 st["true_labels"], stu["seconds"] + st["teacher"]["seconds"])  # fmt: skip
     result = {"run": str(run), "train": train, "test": test, "shots": list(shots), "seeds": seeds,
               "val_per_class": val_per_class, "finetune_config": asdict(cfg), "rows": rows,
-              "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    (folder / "label_efficiency.json").write_text(json.dumps(result, indent=2))
+              "seconds": round(time.perf_counter() - t0, 1), "settings": settings,
+              "finished": True}  # fmt: skip
+    json_path.write_text(json.dumps(result, indent=2))
     (folder / "label_efficiency.md").write_text(_markdown(result))
     _plot(rows, folder / "label_efficiency.png")
     return result

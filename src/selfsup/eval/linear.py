@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from selfsup import schedules
 from selfsup.data import stratified_split
 from selfsup.eval.knn import topk_accuracy
+from selfsup.eval.metrics import classification_metrics
 
 DEFAULT_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_WDS = (0.0, 1e-4)
@@ -39,6 +40,7 @@ class LinearResult:
     n_test: int
     seconds: float = 0.0
     sweep: list[dict[str, float]] = field(default_factory=list)
+    balanced: float = float("nan")  # mean per-class recall on the test set, percent
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -141,4 +143,5 @@ def linear_probe(
         n_test=int(test_features.shape[0]),
         seconds=time.perf_counter() - t0,
         sweep=sweep,
+        balanced=classification_metrics(test_scores, test_labels).balanced,
     )
