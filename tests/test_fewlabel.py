@@ -121,6 +121,12 @@ def test_finetune_scratch_and_selftrain_end_to_end(tmp_path: Path) -> None:
     sc = experiments.evaluate_finetune(run, str(data), str(data), shots=4, val_per_class=3,
                                        config=cfg, random_init=True)  # fmt: skip
     assert sc.test.n == 40
+    # A step budget ends the run reproducibly: 8 images, batch 8 -> one step an epoch.
+    from dataclasses import replace
+
+    capped = experiments.evaluate_finetune(run, str(data), str(data), shots=4, val_per_class=3,
+                                           config=replace(cfg, epochs=10, max_steps=3, patience=100))  # fmt: skip
+    assert capped.epochs_run == 3 and len(capped.history) == 3
     st = experiments.evaluate_selftrain(run, str(data), str(data), shots=4, val_per_class=3,
                                         threshold=0.0, max_per_class=5, config=cfg)  # fmt: skip
     assert st["pool"] == 40 - 8 - 6 and st["pseudo_labels"] <= 10 and st["true_labels"] == 8

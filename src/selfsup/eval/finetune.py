@@ -46,8 +46,12 @@ class FinetuneConfig:
 
     # Passes over the labelled images (an upper bound: early stopping may end sooner).
     epochs: int = 60
-    # Optional wall-clock budget per training run, e.g. "3m" (None: epochs only).
+    # Optional wall-clock budget per training run, e.g. "3m" (None: epochs only). Results
+    # then depend on the machine's load; max_steps is the reproducible budget.
     max_time: str | None = None
+    # Optional cap on optimiser steps per training run; the cosine schedule spans
+    # min(epochs x steps an epoch, max_steps), so a capped run still decays fully.
+    max_steps: int | None = None
     batch_size: int = 64
     # SGD learning rate of the new head (cosine decay, momentum 0.9).
     lr: float = 0.05
@@ -239,6 +243,8 @@ def train_classifier(
     val_labels = torch.tensor([source.labels[i] for i in val_idx]) if source.labels else None
     steps_per_epoch = max(1, len(loader))
     total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = max(1, min(total, cfg.max_steps))
     budget = parse_duration(cfg.max_time) if cfg.max_time else math.inf
     best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[float] = []
@@ -246,6 +252,8 @@ def train_classifier(
     for epoch in range(cfg.epochs):
         model.train()
         for x, y in loader:
+            if step >= total:  # the step budget ends inside this epoch
+                break
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             y = y.to(device)
             f = schedules.cosine(step, total, 1.0, 0.0)
@@ -269,7 +277,8 @@ def train_classifier(
         if acc > best_acc:
             best_acc, best_epoch = acc, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
-        if epoch + 1 - best_epoch >= cfg.patience or time.perf_counter() - t0 > budget:
+        out_of_budget = step >= total or time.perf_counter() - t0 > budget
+        if epoch + 1 - best_epoch >= cfg.patience or out_of_budget:
             break
     model.load_state_dict(best_state)
     test_idx = list(range(len(test_source)))
