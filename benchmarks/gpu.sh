@@ -10,7 +10,7 @@ DATA="${1:-../shared/datasets/cifar10/train}"
 SECONDS_PER_RUN="${2:-150}"
 OUT="${OUT:-${TMPDIR:-/tmp}/selfsup_gpu_bench}"
 mkdir -p "$OUT"
-pip install -q -e . >/dev/null
+python -c "import selfsup" 2>/dev/null || pip install -q -e . >/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 run() {  # name, then selfsup pretrain arguments
@@ -19,7 +19,7 @@ run() {  # name, then selfsup pretrain arguments
     > "$OUT/$name.smi" &
   local smi=$!
   python -m selfsup pretrain --out "$OUT/$name" --overwrite --no-progress \
-    --max-time "${SECONDS_PER_RUN}s" monitor.knn=false "$@" > "$OUT/$name.log" 2>&1 || true
+    --max-time "${SECONDS_PER_RUN}s" "$@" monitor.knn=false > "$OUT/$name.log" 2>&1 || true
   kill "$smi" 2>/dev/null || true
   python - "$OUT/$name" "$OUT/$name.smi" "$name" <<'PY'
 import json, sys, statistics
