@@ -16,6 +16,9 @@ from selfsup.api import (
     pretrain,
 )
 from selfsup.config import Config, ConfigError
+from selfsup.curation import CurationReport, curate, restore_quarantine
+from selfsup.embeddings import EmbedResult, embed, read_embeddings
+from selfsup.export import ExportResult, export_backbone
 from selfsup.methods.base import Method, StepInfo
 from selfsup.registry import register_method
 from selfsup.train import Trainer
@@ -23,19 +26,27 @@ from selfsup.train import Trainer
 __all__ = [
     "Config",
     "ConfigError",
+    "CurationReport",
+    "EmbedResult",
+    "ExportResult",
     "Method",
     "StepInfo",
     "Trainer",
     "__version__",
     "build_method",
     "create_method",
+    "curate",
+    "embed",
     "evaluate_knn",
     "evaluate_linear",
+    "export_backbone",
     "extract",
     "list_methods",
     "load_config",
     "load_method",
     "make_config",
     "pretrain",
+    "read_embeddings",
     "register_method",
+    "restore_quarantine",
 ]

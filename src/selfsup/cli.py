@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="overrides applied before printing, e.g. train.batch_size=128",
     )
+    _add_export_parser(sub)
+    _add_viz_parsers(sub)
+    _add_embed_curate_parsers(sub)
     return p
 
 
@@ -421,7 +424,15 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-time",
         default=None,
-        help="wall-clock budget per training run, e.g. 3m (default: none)",
+        help="wall-clock budget per training run, e.g. 3m; results then depend on the "
+        "machine's load, prefer --max-steps for figures you report (default: none)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="cap on optimiser steps per training run; the learning-rate schedule "
+        "spans the cap, so results are reproducible on any machine (default: none)",
     )
     p.add_argument(
         "--batch-size",
@@ -458,7 +469,8 @@ def _finetune_options(p: argparse.ArgumentParser) -> None:
 def _finetune_config(a: argparse.Namespace) -> Any:
     from selfsup.eval.finetune import FinetuneConfig
 
-    return FinetuneConfig(epochs=a.epochs, max_time=a.max_time, batch_size=a.batch_size, lr=a.lr,
+    return FinetuneConfig(epochs=a.epochs, max_time=a.max_time, max_steps=a.max_steps,
+                          batch_size=a.batch_size, lr=a.lr,
                           backbone_lr_scale=a.backbone_lr_scale, patience=a.patience,
                           seed=a.seed, device=a.device, num_workers=a.workers)  # fmt: skip
 
@@ -865,6 +877,517 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_EXPORT = """\
+examples:
+  selfsup export runs/simclr --format torchvision      # -> runs/simclr/export/torchvision/
+  selfsup export runs/dino --format onnx --student --out deploy/dino-student
+  selfsup export runs/mae/checkpoints/last.pt --format safetensors --out weights/
+
+each export folder holds the model file and preprocessing.json: input size, channels,
+mean/std, resize, architecture and build keywords, embed dim, and Python lines that load it.
+"""
+
+
+def _add_export_parser(sub: Any) -> None:
+    from selfsup.export import FILES, FORMATS
+
+    ex = sub.add_parser(
+        "export", help="export a run's backbone (no heads) for use without selfsup",
+        formatter_class=_Formatter, epilog=EPILOG_EXPORT,
+        description="Export the backbone a run evaluates with, without projection heads: "
+        "images (B, C, S, S) -> features (B, D), with its preprocessing in preprocessing.json. "
+        "The written file is loaded back and its features compared with the run's.",
+    )  # fmt: skip
+    ex.add_argument("run", metavar="RUN", help="run folder or checkpoint file (required)")
+    files = ", ".join(f"{f}: {FILES[f]}" for f in FORMATS)
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="torchvision / timm: a state dict for the stock model (strict=True), only for "
+        "backbones of that library; safetensors: the same state dict, loads without running "
+        "code; onnx: for onnxruntime, dynamic batch (needs pip install 'selfsup[export]'); "
+        f"torchscript: traced, for torch.jit.load. Files: {files} (required)",
+    )
+    ex.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder to write (default: RUN/export/FORMAT)",
+    )
+    who = ex.add_mutually_exclusive_group()
+    who.add_argument(
+        "--teacher",
+        dest="which",
+        action="store_const",
+        const="teacher",
+        default=None,
+        help="export the EMA teacher (DINO teacher, BYOL target, MoCo momentum encoder) "
+        "(default: unset: the backbone the method evaluates with, i.e. the teacher for "
+        "DINO/DINOv2 with method.eval_teacher=true, else the online network)",
+    )
+    who.add_argument(
+        "--student",
+        dest="which",
+        action="store_const",
+        const="student",
+        help="export the trained (online) backbone of a method with an EMA teacher "
+        "(default: unset, see --teacher)",
+    )
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier export in --out (default: false)",
+    )
+    ex.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip loading the file back and comparing its features with the run's "
+        "(default: verify)",
+    )
+    ex.add_argument(
+        "--json", action="store_true", help="print preprocessing.json on stdout (default: false)"
+    )
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from selfsup.export import export_backbone
+
+    res = export_backbone(a.run, a.format, a.out, which=a.which, verify=not a.no_verify,
+                          overwrite=a.overwrite)  # fmt: skip
+    if a.json:
+        print(json.dumps(res.info))
+        return 0
+    arch = res.info["architecture"]
+    role = res.info["source"]["role"]
+    print(f"exported the {role} {arch['backbone']} ({res.info['embed_dim']}-d features) "
+          f"as {res.format}:")  # fmt: skip
+    for f in res.files:
+        print(f"  {f}")
+    check = res.info.get("check")
+    if check and check["max_abs_diff"] is not None:
+        print(f"check: max |exported - run| = {check['max_abs_diff']:.2g} ({check['note']})")
+    elif check:
+        print(f"check: {check['note']}")
+    return 0
+
+
+EPILOG_VIZ = """\
+kinds:
+  embedding-map   2-D map of the embeddings (--algo pca|tsne|umap), coloured by class
+  retrieval       query images and their --k nearest neighbours (cosine), green/red borders
+  attention       ViT class-token self-attention per head (DINO-style)
+  gradcam         Grad-CAM of a logistic-regression probe's class, for CNN backbones
+  patch-pca       PCA of ViT patch features as colours (DINOv2-style)
+  reconstruction  MAE masked input / reconstruction / original
+  augmentations   the method's training views of a few images
+  curves          training curves from the run's metrics.csv
+
+examples:
+  selfsup viz embedding-map --checkpoint runs/simclr --data cifar10 --algo tsne --out map.png
+  selfsup viz retrieval --checkpoint runs/simclr --data ../shared/datasets/cifar10/test --out nn.png
+  selfsup viz gradcam --checkpoint runs/simclr --data DIR --class-index cat --out cam.png
+  selfsup viz curves --checkpoint runs/simclr --out curves.png
+without --data, figures use the run's own data.path when it is still there.
+"""
+
+# (flag, keyword of the figure functions, type, help); a flag a kind does not use is refused.
+VIZ_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--data", "data", str, "images: a folder (class sub-folders give labels) or a named set "
+     "(default: the run's data.path)"),
+    ("--data-root", "data_root", str, "where named sets are read from (default: none)"),
+    ("--split", "split", str, "split of a named set (default: test)"),
+    ("--queries", "queries", str, "retrieval, gradcam: folder of the images to show (default: "
+     "drawn from --data)"),
+    ("--algo", "algo", str, "embedding-map: pca (instant), tsne (clusters, ~10 s for 2,000 "
+     "images) or umap (needs umap-learn) (default: tsne)"),
+    ("--limit", "limit", int, "embedding-map, retrieval bank, gradcam probe: at most this many "
+     "images, class-balanced (default: 2000; retrieval 1000)"),
+    ("--num-images", "num_images", int, "images shown (default: 6 or 8; augmentations 4)"),
+    ("--num-views", "num_views", int, "augmentations: views a row; more than the method "
+     "draws per sample shows further samples (default: the method's, e.g. 2 SimCLR, 8 DINO)"),
+    ("--k", "k", int, "retrieval: neighbours a query (default: 8)"),
+    ("--class-index", "class_index", str, "gradcam: explain this class (index or name) for "
+     "every image (default: each image's predicted class)"),
+    ("--threshold", "threshold", float, "patch-pca: foreground when the first component, "
+     "scaled to [0, 1], is above it; 0 keeps every patch (default: 0.5)"),
+    ("--seed", "seed", int, "which images are drawn (default: 0)"),
+    ("--device", "device", str, "feature extraction device: auto, cpu, cuda (default: auto)"),
+]  # fmt: skip
+
+
+def _add_viz_parsers(sub: Any) -> None:
+    from selfsup.viz import KINDS
+
+    vz = sub.add_parser(
+        "viz", help="draw a figure of a run as PNG: embedding-map, retrieval, attention, ...",
+        formatter_class=_Formatter, epilog=EPILOG_VIZ,
+        description="Draw one figure of a trained run into a PNG file (matplotlib, no display "
+        "needed). Images are shown with the run's normalisation undone.",
+    )  # fmt: skip
+    vz.add_argument("kind", choices=list(KINDS), metavar="KIND", help="figure: see kinds below")
+    vz.add_argument("--checkpoint", required=True, metavar="RUN",
+                    help="run folder or checkpoint file (required)")  # fmt: skip
+    vz.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write (required)")
+    for flag, key, typ, help_ in VIZ_FLAGS:
+        vz.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+
+    rp = sub.add_parser(
+        "report", help="one self-contained HTML page about a run",
+        formatter_class=_Formatter,
+        description="Write an HTML report of a run: summary, resolved config, training "
+        "curves, evaluation tables found in the run folder, and the figures that apply to the "
+        "run (figures/ saved by the trainer are reused). Images are embedded, no scripts or "
+        "external resources: one file, readable offline.",
+    )  # fmt: skip
+    rp.add_argument("run", metavar="RUN", help="run folder (required)")
+    rp.add_argument("--out", default=None, help="HTML file (default: RUN/report.html)")
+    rp.add_argument("--data", default=None, help="images for the figures that need some "
+                    "(default: the run's data.path when it is still there)")  # fmt: skip
+    rp.add_argument("--data-root", default=None, help="where named sets live (default: none)")
+    rp.add_argument("--split", default="test", help="split of a named set (default: test)")
+    rp.add_argument("--algo", default="tsne", help="embedding map: pca, tsne, umap (default: tsne)")
+    rp.add_argument("--limit", type=int, default=2000,
+                    help="images for the embedding map, retrieval bank and probe (default: 2000)")  # fmt: skip
+    rp.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+
+
+def cmd_viz(a: argparse.Namespace) -> int:
+    import inspect
+
+    from selfsup import viz
+    from selfsup.config import ConfigError
+
+    takes = inspect.signature(viz.KINDS[a.kind]).parameters
+    options: dict[str, Any] = {}
+    for flag, key, _, _ in VIZ_FLAGS:
+        value = getattr(a, key)
+        if value is None:
+            continue
+        if key not in takes:
+            raise ConfigError(f"viz {a.kind} does not use {flag}.")
+        options[key] = int(value) if key == "class_index" and value.isdigit() else value
+    path = viz.make(a.kind, a.checkpoint, a.out, **options)
+    print(f"written: {path}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from selfsup.viz import write_report
+
+    path = write_report(a.run, a.out, a.data, data_root=a.data_root, split=a.split,
+                        algo=a.algo, limit=a.limit, device=a.device,
+                        log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+    print(f"written: {path}")
+    return 0
+
+
+EPILOG_EMBED = """\
+formats (by the --out suffix):
+  .parquet  one row per image: index, path, label, class, embedding (fixed-size list<float32>);
+            read with pandas.read_parquet or selfsup.read_embeddings
+  .npy      the (N, D) float32 matrix, plus NAME.paths.txt (one path a line) and, for
+            labelled folders, NAME.labels.txt (class index<TAB>class name a line)
+
+examples:
+  selfsup embed --checkpoint runs/simclr --data ../shared/datasets/cifar10/test --out test.parquet
+  selfsup embed --checkpoint runs/simclr --data DIR --out emb.npy --l2-normalize --device cuda
+"""
+
+EPILOG_CURATE = """\
+how it decides:
+  exact duplicates  identical file bytes
+  near duplicates   one image among the other's --dup-neighbors nearest embeddings AND
+                    perceptual hashes within --hash-bits (best of the whole image and nine
+                    90% crops): catches resized, re-encoded and slightly cropped copies even
+                    with a weakly trained model; each group keeps its largest image
+  outliers          mean cosine distance to the --outlier-k nearest embeddings as a robust
+                    z-score (--outlier-z), or a model-free z-score for noise-like and blank
+                    images (--degenerate-z); ranked by the larger of the two, each divided
+                    by its threshold (severity >= 1 is flagged)
+
+tuning:
+  too many false near duplicates (similar but distinct images): lower --hash-bits (6);
+  copies missed (heavier crops or edits): raise --hash-bits (12) and --dup-neighbors (10).
+  outliers: look at outliers.png first; raise --outlier-z to flag fewer, or give
+  --outliers-top N to flag exactly the N most outlying. Raise --outlier-k above the size of
+  the largest group of similar stray images you expect (a cluster of 30 look-alike
+  out-of-domain images hides itself from k=20).
+
+outputs in --out: curation.json, curation.csv (one row per image, flagged first),
+duplicates.png, outliers.png. --move-to moves the flagged files (never deletes), keeping
+their paths relative to --data, and writes curation_manifest.json there; --undo moves back.
+
+examples:
+  selfsup curate --checkpoint runs/simclr --data photos/ --out curation/
+  selfsup curate --checkpoint runs/simclr --data photos/ --move-to quarantine/ --outliers-top 50
+  selfsup curate --undo quarantine/
+"""
+
+
+def _signature_default(func: Any, name: str) -> Any:
+    import inspect
+
+    return inspect.signature(func).parameters[name].default
+
+
+def _feature_options(p: argparse.ArgumentParser, func: Any) -> None:
+    """Options shared by embed and curate (defaults read from ``func``)."""
+
+    def d(name: str) -> str:
+        return _fmt_default(_signature_default(func, name))
+
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="where a named set is read from (default: ~/.cache/selfsup/data)",
+    )
+    p.add_argument(
+        "--split", default=d("split"), help=f"split of a named set (default: {d('split')})"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resolution (default: the run's training resolution)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many images, class-balanced (default: all)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=_signature_default(func, "batch_size"),
+        help=f"images a forward pass; memory stays bounded by it (default: {d('batch_size')})",
+    )
+    p.add_argument(
+        "--device", default=d("device"), help=f"auto, cpu, cuda, cuda:N (default: {d('device')})"
+    )
+    p.add_argument(
+        "--precision",
+        default=d("precision"),
+        help=f"auto, bf16, fp16 (GPU) or fp32; auto is bf16 on GPUs and fast-bf16 "
+        f"CPUs (default: {d('precision')})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_signature_default(func, "workers"),
+        help=f"decoding processes; 0 decodes in the main process (default: "
+        f"{d('workers')}: up to 4)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="use the run's architecture with its untrained initial weights (default: false)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object (default: false)")  # fmt: skip
+
+
+def _add_embed_curate_parsers(sub: Any) -> None:
+    from selfsup.curation import HASH_BITS, curate
+    from selfsup.embeddings import embed
+
+    em = sub.add_parser(
+        "embed", help="write one embedding per image to .parquet or .npy",
+        formatter_class=_Formatter, epilog=EPILOG_EMBED,
+        description="Embed every image of a folder (or named set) with a run's backbone, "
+        "streamed batch by batch to a Parquet or .npy file, so memory stays bounded for "
+        "folders of any size. Unreadable images are skipped with a warning.",
+    )  # fmt: skip
+    em.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN",
+        help="run folder or checkpoint file (required)",
+    )
+    em.add_argument(
+        "--data",
+        required=True,
+        help="folder of images (class sub-folders give labels) or a named set (required)",
+    )
+    em.add_argument(
+        "--out",
+        default="embeddings.parquet",
+        help="output file, .parquet or .npy (default: embeddings.parquet)",
+    )
+    em.add_argument("--l2-normalize", action="store_true",
+                    help="scale each embedding to unit length, so cosine similarity is a dot "
+                    "product (default: false, raw backbone features)")  # fmt: skip
+    _feature_options(em, embed)
+
+    def d(name: str) -> Any:
+        return _signature_default(curate, name)
+
+    cu = sub.add_parser(
+        "curate", help="find duplicates, near duplicates and outliers; optionally quarantine",
+        formatter_class=_Formatter, epilog=EPILOG_CURATE,
+        description="Rank the exact duplicates, near duplicates and outliers of an image "
+        "folder with a run's embedding plus cheap perceptual checks, write a report and "
+        "image grids, and optionally move the flagged files to a quarantine folder.",
+    )  # fmt: skip
+    cu.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="RUN",
+        help="run folder or checkpoint file (required unless --undo)",
+    )
+    cu.add_argument(
+        "--data", default=None, help="folder of images, any depth (required unless --undo)"
+    )
+    cu.add_argument(
+        "--out", default=d("out"), metavar="DIR", help=f"report folder (default: {d('out')})"
+    )
+    cu.add_argument(
+        "--move-to",
+        default=None,
+        metavar="DIR",
+        help="move flagged files here, keeping their relative paths, and record "
+        "them in DIR/curation_manifest.json; must be outside --data "
+        "(default: move nothing)",
+    )
+    cu.add_argument(
+        "--undo",
+        default=None,
+        metavar="DIR",
+        help="move the files listed in DIR/curation_manifest.json back and exit (default: none)",
+    )
+    cu.add_argument(
+        "--hash-bits",
+        type=int,
+        default=d("hash_bits"),
+        help=f"most differing perceptual-hash bits (of {HASH_BITS}) for a near "
+        f"duplicate; resized or re-encoded copies differ by 0-4, 10%% crops by "
+        f"0-8, unrelated images by ~30 (default: {d('hash_bits')})",
+    )
+    cu.add_argument(
+        "--dup-neighbors",
+        type=int,
+        default=d("dup_neighbors"),
+        help=f"one image of a near-duplicate pair must be among the other's this many nearest "
+        f"embeddings; raise it for groups of many copies "
+        f"(default: {d('dup_neighbors')})",
+    )
+    cu.add_argument(
+        "--outlier-k",
+        type=int,
+        default=d("outlier_k"),
+        help=f"neighbours whose mean cosine distance scores an image (its own "
+        f"duplicates left out) (default: {d('outlier_k')})",
+    )
+    cu.add_argument(
+        "--outlier-z",
+        type=float,
+        default=d("outlier_z"),
+        help=f"robust z-score of that distance from which an image is flagged; the "
+        f"highest of 2,000 CIFAR-10 photos is about 4, and more images reach higher: 4 "
+        f"flags more, 8 only the blatant (default: {d('outlier_z')})",
+    )
+    cu.add_argument(
+        "--degenerate-z",
+        type=float,
+        default=d("degenerate_z"),
+        help=f"robust z-score of the model-free noise / blank measures from which "
+        f"an image is flagged; among 2,000 CIFAR-10 photos the highest is 8.5, pure noise "
+        f"and flat images score about 20 (default: {d('degenerate_z')})",
+    )
+    cu.add_argument(
+        "--outliers-top",
+        type=int,
+        default=None,
+        metavar="N",
+        help="flag exactly the N most outlying images instead of using the "
+        "thresholds (default: thresholds)",
+    )
+    cu.add_argument(
+        "--grid-outliers",
+        type=int,
+        default=d("grid_outliers"),
+        help=f"images in outliers.png (default: {d('grid_outliers')})",
+    )
+    cu.add_argument("--grid-groups", type=int, default=d("grid_groups"),
+                    help=f"groups in duplicates.png (default: {d('grid_groups')})")  # fmt: skip
+    _feature_options(cu, curate)
+
+
+def _feature_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    return dict(split=a.split, data_root=a.data_root, image_size=a.image_size,
+                batch_size=a.batch_size, device=a.device, precision=a.precision, limit=a.limit,
+                workers=a.workers, random_init=a.random_init, progress=not a.no_progress)  # fmt: skip
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    from selfsup.embeddings import embed
+
+    res = embed(a.checkpoint, a.data, a.out, l2_normalize=a.l2_normalize, **_feature_kwargs(a))
+    if a.json:
+        print(json.dumps(res.as_dict()))
+        return 0
+    print(f"{res.rows} embeddings of {res.dim} values written to {res.path} "
+          f"({res.seconds:.1f}s{f', {res.skipped} unreadable images skipped' if res.skipped else ''})")  # fmt: skip
+    for p in res.sidecars:
+        print(f"  {p}")
+    return 0
+
+
+def cmd_curate(a: argparse.Namespace) -> int:
+    from selfsup.config import ConfigError
+    from selfsup.curation import curate, restore_quarantine
+
+    if a.undo:
+        counts = restore_quarantine(a.undo)
+        print(json.dumps(counts) if a.json else
+              f"restored {counts['restored']} files; {counts['left']} left in {a.undo}"
+              + (f" ({counts['missing']} no longer there)" if counts["missing"] else ""))  # fmt: skip
+        return 0
+    if a.checkpoint is None or a.data is None:
+        raise ConfigError("selfsup curate needs --checkpoint RUN and --data DIR (or --undo DIR).")
+    rep = curate(a.checkpoint, a.data, a.out, move_to=a.move_to, hash_bits=a.hash_bits,
+                 dup_neighbors=a.dup_neighbors, outlier_k=a.outlier_k, outlier_z=a.outlier_z,
+                 degenerate_z=a.degenerate_z, outliers_top=a.outliers_top,
+                 grid_outliers=a.grid_outliers, grid_groups=a.grid_groups,
+                 **_feature_kwargs(a))  # fmt: skip
+    if a.json:
+        print(json.dumps(rep.summary() | {"files": rep.files}))
+        return 0
+    s = rep.summary()
+    _print_table(f"curation: {rep.data}", [
+        ("images", str(s["images"])),
+        ("unreadable", str(s["unreadable"])),
+        ("exact duplicates (groups)", f"{s['exact_duplicates']} ({s['exact_groups']})"),
+        ("near duplicates (groups)", f"{s['near_duplicates']} ({s['near_groups']})"),
+        ("outliers flagged", str(s["outliers"])),
+        ("moved to quarantine", str(s["moved"])),
+        ("seconds", f"{rep.seconds:.1f}"),
+    ])  # fmt: skip
+    from rich.console import Console
+    from rich.table import Table
+
+    top = [o for o in rep.outliers if o.path not in set(rep.flagged_duplicates)][:10]
+    if top:
+        t = Table(title="most outlying images (severity >= 1 is flagged)")
+        for col in ("rank", "path", "severity", "why"):
+            t.add_column(col)
+        for o in top:
+            t.add_row(str(o.rank), o.path, f"{o.severity:.2f}", o.reason)
+        Console().print(t)
+    if rep.groups:
+        t = Table(title=f"duplicate groups (first 10 of {len(rep.groups)})")
+        for col in ("group", "keep", "flagged copies"):
+            t.add_column(col)
+        for g in rep.groups[:10]:
+            t.add_row(str(g.id), g.keep, ", ".join(f"{m.path} ({m.kind})" for m in g.members))
+        Console().print(t)
+    for name, path in rep.files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -879,7 +1402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"pretrain": cmd_pretrain, "eval": cmd_eval, "methods": cmd_methods,
                 "config": cmd_config, "data": cmd_data,
-                "experiment": cmd_experiment}  # fmt: skip
+                "experiment": cmd_experiment, "export": cmd_export,
+                "viz": cmd_viz, "report": cmd_report,
+                "embed": cmd_embed, "curate": cmd_curate}  # fmt: skip
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, UnknownNameError, TrainingError) as err:

@@ -42,6 +42,9 @@ class Backbone(nn.Module):
         self.net = net
         self.embed_dim = embed_dim
         self.name = name
+        # How `net` was built (timm.create_model keyword arguments; the ResNet stem), so that
+        # an export can name the stock model its weights load into.
+        self.build_kwargs: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -63,7 +66,9 @@ def _resnet(name: str, small_stem: bool, in_chans: int) -> Backbone:
         net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
     dim = net.fc.in_features
     net.fc = nn.Identity()
-    return Backbone(net, dim, name)
+    bb = Backbone(net, dim, name)
+    bb.build_kwargs = {"small_stem": small_stem, "in_chans": in_chans}
+    return bb
 
 
 def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, Any]) -> Backbone:
@@ -85,19 +90,24 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
     if image_size is not None and "img_size" not in args:
         try:  # ViT-like models need to know the input size for their position embeddings.
             net = timm.create_model(name, img_size=image_size, **args)
+            args["img_size"] = image_size
         except TypeError:
             net = timm.create_model(name, **args)
     else:
         net = timm.create_model(name, **args)
     from timm.models.vision_transformer import VisionTransformer
 
+    bb: Backbone
     if isinstance(net, VisionTransformer):
         from selfsup.backbones.vit import ViTBackbone
 
-        return ViTBackbone(net, "timm:" + name)
-    dim = net.num_features
-    assert isinstance(dim, int)
-    return Backbone(net, dim, "timm:" + name)
+        bb = ViTBackbone(net, "timm:" + name)
+    else:
+        dim = net.num_features
+        assert isinstance(dim, int)
+        bb = Backbone(net, dim, "timm:" + name)
+    bb.build_kwargs = {k: v for k, v in args.items() if k != "pretrained"}
+    return bb
 
 
 def list_backbones() -> list[str]:

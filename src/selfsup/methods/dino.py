@@ -164,6 +164,12 @@ def encode_crops(backbone: Backbone, views: Sequence[torch.Tensor]) -> torch.Ten
 def last_block_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.Tensor:
     """Self-attention of the class token to the patches in the last block, averaged over
     heads: (B, C, H, W) -> (B, H / patch, W / patch) (DINO, Fig. 1 and Sec. 4.2.1)."""
+    return last_block_head_attention(backbone, images).mean(dim=1)
+
+
+def last_block_head_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.Tensor:
+    """Self-attention of the class token to the patches in the last block, one map per
+    head: (B, C, H, W) -> (B, heads, H / patch, W / patch) (DINO, Fig. 3)."""
     net: Any = backbone.net
     block = net.blocks[-1]
     attn = getattr(block, "attn", None)
@@ -189,9 +195,9 @@ def last_block_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.T
     q, k = qkv[0], qkv[1]
     q, k = attn.q_norm(q), attn.k_norm(k)
     a = ((q.float() * float(attn.scale)) @ k.float().transpose(-2, -1)).softmax(dim=-1)
-    cls = a[:, :, 0, backbone.num_prefix_tokens :].mean(dim=1)  # (B, N)
+    cls = a[:, :, 0, backbone.num_prefix_tokens :]  # (B, heads, N)
     p = backbone.patch_size
-    out: torch.Tensor = cls.reshape(b, images.shape[-2] // p, images.shape[-1] // p)
+    out: torch.Tensor = cls.reshape(b, heads, images.shape[-2] // p, images.shape[-1] // p)
     return out
 
 

@@ -46,13 +46,19 @@ def normalize(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     return v2.Compose([to_float(), v2.Normalize(list(mean), list(std))])
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Deterministic view for features: resize the short side, centre crop, normalise.
+def eval_resize(image_size: int) -> int:
+    """The short side images are resized to before the centre crop of ``image_size``.
 
     Small images (<= 64 px) are resized to exactly ``image_size``; larger ones follow the
     ImageNet convention of resizing to ``image_size / 0.875`` and centre-cropping.
     """
-    resize = image_size if image_size <= 64 else round(image_size / 0.875)
+    return image_size if image_size <= 64 else round(image_size / 0.875)
+
+
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Deterministic view for features: resize the short side to
+    :func:`eval_resize` ``(image_size)``, centre crop, normalise."""
+    resize = eval_resize(image_size)
     return v2.Compose(
         [
             to_float(),
