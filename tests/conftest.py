@@ -10,7 +10,10 @@ from PIL import Image
 
 
 def _shared() -> Path:
-    """``../shared/datasets`` beside the repository (searched upwards from the tests)."""
+    """``../shared/datasets`` beside the repository (searched upwards from the tests), or
+    ``$SELFSUP_DATASETS`` for a checkout elsewhere."""
+    if os.environ.get("SELFSUP_DATASETS"):
+        return Path(os.environ["SELFSUP_DATASETS"])
     here = Path(__file__).resolve()
     for parent in here.parents:
         cand = parent / "shared" / "datasets"
