@@ -92,7 +92,7 @@ def run_lightly(python: str, mode: str, a: argparse.Namespace) -> dict[str, floa
     return result
 
 
-def selfsup_train(a: argparse.Namespace, precision: str) -> dict[str, float]:
+def selfsup_train(a: argparse.Namespace, precision: str, augment: str = "cpu") -> dict[str, float]:
     import selfsup
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,8 @@ def selfsup_train(a: argparse.Namespace, precision: str) -> dict[str, float]:
             batch_size=a.batch_size, workers=a.workers, precision=precision, lr=0.06,
             progress=False, image_size=32, threads=a.threads,
             overrides=["monitor.knn=false", "monitor.probe=false", "monitor.collapse=false",
-                       "method.views.blur_prob=[0.0]", "optim.weight_decay=5e-4"],
+                       "method.views.blur_prob=[0.0]", "optim.weight_decay=5e-4",
+                       f"data.augment={augment}"],
         )  # fmt: skip
         summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
     return {"img_per_s": res.images_per_s, "images": res.state.images_seen,
@@ -135,20 +136,41 @@ def selfsup_model(a: argparse.Namespace, precision: str, channels_last: bool) ->
     return {"img_per_s": images / (time.perf_counter() - t0)}
 
 
-def selfsup_data(a: argparse.Namespace) -> dict[str, float]:
+def selfsup_data(a: argparse.Namespace, augment: str = "cpu") -> dict[str, float]:
+    """Batches of two views per second: per image in the workers (augment=cpu), or decoded
+    in the workers and augmented batch-wise in this process (augment=device, on the CPU)."""
     from torch.utils.data import DataLoader
 
     import selfsup
-    from selfsup.data import EpochSampler, ViewDataset, collate_views, loader_kwargs, scan_folder
+    from selfsup.data import (
+        EpochSampler,
+        ImageDataset,
+        ViewDataset,
+        collate_canvas,
+        collate_views,
+        loader_kwargs,
+        scan_folder,
+    )  # fmt: skip
+    from selfsup.transforms.batched import BatchedViews
 
+    torch.set_num_threads(a.threads)
     src = scan_folder(a.data)
     m = selfsup.create_method("simclr", image_size=32)
-    ds = ViewDataset(src, m.default_transform(32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    m.cfg.views.blur_prob = [0.0]
+    mv = m.default_transform(32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     sampler = EpochSampler(len(src), a.batch_size, 0, 0)
-    loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, collate_fn=collate_views,
+    batched = BatchedViews(mv.specs) if augment == "device" and mv.specs else None
+    if batched is not None:
+        ds: ImageDataset | ViewDataset = ImageDataset(src, cap=batched.decode_cap())
+        collate = collate_canvas
+    else:
+        ds, collate = ViewDataset(src, mv), collate_views
+    loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, collate_fn=collate,
                         **loader_kwargs(a.workers, persistent=True))  # fmt: skip
+    g = torch.Generator()
     images, t0, first = 0, time.perf_counter(), True
-    for views, _, _ in loader:
+    for batch in loader:
+        views = batched(batch[0], batch[1], g) if batched is not None else batch[0]
         if first:
             t0, first = time.perf_counter(), False
             continue
@@ -172,6 +194,8 @@ def main() -> None:
     p.add_argument("--lightly-python", default=sys.executable,
                    help="a python that can import lightly (default: this one)")  # fmt: skip
     p.add_argument("--skip-lightly", action="store_true")
+    p.add_argument("--parts", default="train,model,data",
+                   help="which measurements: any of train, model, data (default: all)")  # fmt: skip
     a = p.parse_args()
 
     rows: list[tuple[str, float]] = []
@@ -180,19 +204,26 @@ def main() -> None:
         rows.append((name, r["img_per_s"]))
         print(f"{name:<44} {r['img_per_s']:8.1f} img/s   {json.dumps(r)}", flush=True)
 
-    if not a.skip_lightly:
-        show("lightly end-to-end (fp32, its recipe)", run_lightly(a.lightly_python, "train", a))
-    show("selfsup end-to-end (bf16 auto, channels_last)", selfsup_train(a, "auto"))
-    show("selfsup end-to-end (fp32)", selfsup_train(a, "fp32"))
-    if not a.skip_lightly:
-        show("lightly model only (fp32)", run_lightly(a.lightly_python, "model", a))
-    show("selfsup model only (fp32)", selfsup_model(a, "fp32", False))
-    show("selfsup model only (fp32, channels_last)", selfsup_model(a, "fp32", True))
-    show("selfsup model only (bf16, channels_last)", selfsup_model(a, "bf16", True))
-    if not a.skip_lightly:
-        show("lightly data only", run_lightly(a.lightly_python, "data", a))
-    show("selfsup data only", selfsup_data(a))
-    if not a.skip_lightly:
+    parts = set(a.parts.split(","))
+    lightly = not a.skip_lightly
+    if "train" in parts:
+        if lightly:
+            show("lightly end-to-end (fp32, its recipe)", run_lightly(a.lightly_python, "train", a))
+        show("selfsup end-to-end (bf16 auto, channels_last)", selfsup_train(a, "auto"))
+        show("selfsup end-to-end (bf16, batched augment)", selfsup_train(a, "auto", "device"))
+        show("selfsup end-to-end (fp32)", selfsup_train(a, "fp32"))
+    if "model" in parts:
+        if lightly:
+            show("lightly model only (fp32)", run_lightly(a.lightly_python, "model", a))
+        show("selfsup model only (fp32)", selfsup_model(a, "fp32", False))
+        show("selfsup model only (fp32, channels_last)", selfsup_model(a, "fp32", True))
+        show("selfsup model only (bf16, channels_last)", selfsup_model(a, "bf16", True))
+    if "data" in parts:
+        if lightly:
+            show("lightly data only", run_lightly(a.lightly_python, "data", a))
+        show("selfsup data only (per image in workers)", selfsup_data(a))
+        show("selfsup data only (decode in workers, batched)", selfsup_data(a, "device"))
+    if lightly and "train" in parts:
         base = rows[0][1]
         print("\nratios against lightly end-to-end:")
         for name, v in rows:

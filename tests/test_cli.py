@@ -111,3 +111,13 @@ def test_pretrain_then_eval_json_via_entry_point(tmp_path: Path) -> None:
             assert out["k"] == 32 and out["temperature"] == 0.1  # k capped by the bank size
         else:
             assert out["n_val"] >= 1 and "lr" in out
+
+
+def test_every_pretrain_flag_reaches_the_config() -> None:
+    # A flag missing from api.SHORTCUTS would be parsed and then silently dropped.
+    from selfsup import api, cli
+
+    keys = {key for _, key, _, _ in cli.PRETRAIN_FLAGS}
+    assert keys <= set(api.SHORTCUTS.values())
+    cfg = api.make_config("simclr", None, [], augment="device", cache="/tmp/c")
+    assert cfg.data.augment == "device" and cfg.data.cache == "/tmp/c"

@@ -49,6 +49,8 @@ SHORTCUTS: dict[str, str] = {
     "limit": "data.limit",
     "workers": "data.num_workers",
     "bad_files": "data.bad_files",
+    "augment": "data.augment",
+    "cache": "data.cache",
     "backbone": "backbone.name",
     "small_stem": "backbone.small_stem",
     "in_chans": "backbone.in_chans",

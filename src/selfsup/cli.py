@@ -62,6 +62,21 @@ PRETRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--limit", "data.limit", int, "use at most this many images (class-balanced subset)"),
     ("--workers", "data.num_workers", int, "data-loading processes (-1: up to 4)"),
     (
+        "--augment",
+        "data.augment",
+        str,
+        "where augmentations run: cpu (per image in workers), device (whole batches on the "
+        "training device; the fast choice on GPUs, where a few CPU workers cannot keep up), "
+        "auto (device on GPU, cpu on CPU)",
+    ),
+    (
+        "--cache",
+        "data.cache",
+        str,
+        "folder for a decoded-image cache (each image decoded once into a memory-mapped "
+        "uint8 file; worth it for large JPEGs whose raw pixels fit on disk)",
+    ),
+    (
         "--bad-files",
         "data.bad_files",
         str,

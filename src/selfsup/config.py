@@ -94,6 +94,16 @@ class DataConfig:
     limit: int | None = None
     # Unreadable images: skip (use another image, list them in skipped.txt) or fail.
     bad_files: str = "skip"
+    # Where the augmentations run: "cpu" (one image at a time in the data-loading workers),
+    # "device" (whole batches on the training device with per-sample random parameters;
+    # workers only decode, and uint8 pixels travel to the device), or "auto" (device on a
+    # GPU, where per-image work in a few CPU workers starves the GPU; cpu on a CPU).
+    augment: str = "auto"
+    # A folder for a decoded-image cache: each image is decoded once into one memory-mapped
+    # uint8 file (shrunk to the largest size any crop needs), then read without decoding.
+    # Worth it when decoding is slow (large JPEGs) and the raw pixels fit on disk; a new
+    # cache is built when the data or the setting changes. Unset: decode every time.
+    cache: str | None = None
 
 
 @dataclass
@@ -423,6 +433,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std values must be positive, got {d.std}.")
+    if d.augment not in ("auto", "cpu", "device"):
+        raise ConfigError(f"data.augment must be auto, cpu or device, got {d.augment!r}.")
     if d.bad_files not in ("skip", "fail"):
         raise ConfigError(f"data.bad_files must be skip or fail, got {d.bad_files!r}.")
     if d.limit is not None and d.limit < 1:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
 
 from selfsup.data.decode import to_tensor
 from selfsup.data.sources import DataError, ImageSource
@@ -84,6 +85,57 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
             torch.manual_seed(seed)
             views = self.transform(x)
         return views, label, skipped
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, int, list[str]]]):
+    """Items are ``(image, label, skipped)`` for an index ``(i, seed)``: the image decoded
+    once and left unaugmented (uint8, or float for deep images), for augmentation of whole
+    batches on the training device (:class:`selfsup.transforms.batched.BatchedViews`).
+
+    Images whose short side exceeds ``cap`` are first shrunk to it (antialiased): every crop
+    of them would be shrunk at least that much anyway, and it bounds the batch canvas.
+    """
+
+    def __init__(
+        self, source: ImageSource, channels: int = 3, bad_files: str = "skip", cap: int = 0
+    ) -> None:
+        self.source = source
+        self.cap = cap
+        self.loader = _Loader(source, channels, bad_files)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+        index, seed = item
+        x, label, skipped = self.loader.load(index, seed)
+        if self.cap and min(x.shape[-2:]) > self.cap:
+            x = v2.functional.resize(x, self.cap, antialias=True)
+        return x, label, skipped
+
+
+def collate_canvas(
+    batch: Sequence[tuple[torch.Tensor, int, list[str]]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Images of any sizes -> (canvas (B, C, H_max, W_max), sizes (B, 2), labels, skipped).
+
+    Each image sits in the top-left corner of the canvas; the rest is zero and never read
+    (crops stay inside each image's own size). The canvas stays uint8 unless some image is
+    deeper, then all become float32 in [0, 1].
+    """
+    images = [item[0] for item in batch]
+    sizes = torch.tensor([list(x.shape[-2:]) for x in images])
+    height, width = (int(v) for v in sizes.max(dim=0).values)
+    deep = any(x.dtype != torch.uint8 for x in images)
+    dtype = torch.float32 if deep else torch.uint8
+    canvas = torch.zeros(len(images), images[0].shape[0], height, width, dtype=dtype)
+    for i, x in enumerate(images):
+        if deep and x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        canvas[i, :, : x.shape[-2], : x.shape[-1]] = x
+    labels = torch.tensor([item[1] for item in batch])
+    skipped = [s for item in batch for s in item[2]]
+    return canvas, sizes, labels, skipped
 
 
 class EvalDataset(Dataset[tuple[torch.Tensor, int, bool]]):

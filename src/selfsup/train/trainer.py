@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -27,12 +28,16 @@ from selfsup import __version__, dist, schedules
 from selfsup.config import Config, ConfigError, MonitorConfig, parse_duration, to_dict, to_yaml
 from selfsup.data import (
     EpochSampler,
+    ImageDataset,
     ImageSource,
     ViewDataset,
+    collate_canvas,
     collate_views,
     default_workers,
     loader_kwargs,
+    sample_seed,
 )
+from selfsup.data.cache import open_cache
 from selfsup.eval.features import autocast, extract_features
 from selfsup.eval.knn import knn_classify
 from selfsup.methods.base import Method, StepInfo
@@ -48,6 +53,7 @@ from selfsup.train.monitors import (
     loss_stuck,
 )
 from selfsup.train.optim import build_optimizer, scaled_lr
+from selfsup.transforms.batched import BatchedViews
 
 # Consecutive non-finite losses tolerated (each skipped) before training stops.
 MAX_BAD_STEPS = 5
@@ -188,6 +194,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ budget helpers
 
+    @staticmethod
+    def _augment_on_device(choice: str, device: torch.device, specs: object) -> bool:
+        """Resolve data.augment: batched augmentation needs the method's views as specs."""
+        if choice == "cpu":
+            return False
+        if specs is None:
+            if choice == "device":
+                raise ConfigError(
+                    "data.augment=device: this method's augmentation is not built from view "
+                    "specs (selfsup.transforms.ViewSpec), so it can only run per image; use "
+                    "data.augment=cpu."
+                )
+            return False
+        return choice == "device" or device.type == "cuda"
+
     def _budget(self, steps_per_epoch: int) -> tuple[int | None, float | None]:
         t = self.cfg.train
         totals = []
@@ -287,8 +308,23 @@ class Trainer:
         if t.channels_last:
             method.to(memory_format=torch.channels_last)
         transform = method.default_transform(image_size, cfg.data.mean, cfg.data.std, channels)
-        dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
+        on_device = self._augment_on_device(cfg.data.augment, device, transform.specs)
+        batched: BatchedViews | None = None
+        dataset: ImageDataset | ViewDataset
         workers = default_workers(cfg.data.num_workers)
+        cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0
+        if cfg.data.cache:
+            # The first process of each machine builds the cache (the folder may be local
+            # or shared) while the others wait for it on the file system.
+            main_rank = int(os.environ.get("LOCAL_RANK", rank)) == 0
+            source = open_cache(source, cfg.data.cache, channels, cap, workers,
+                                progress=self.progress and main_rank, build=main_rank)  # fmt: skip
+        if on_device:
+            assert transform.specs is not None
+            batched = BatchedViews(transform.specs)
+            dataset = ImageDataset(source, channels, cfg.data.bad_files, cap)
+        else:
+            dataset = ViewDataset(source, transform, channels, cfg.data.bad_files)
         sizing = EpochSampler(n, step_batch, t.seed, 0, drop_last=t.drop_last)
         steps_per_epoch = sizing.epoch_length() // step_batch
         total_steps, max_time = self._budget(steps_per_epoch)
@@ -394,7 +430,7 @@ class Trainer:
             f"{image_size}px | batch {step_batch}"
             + (f" ({accumulate} x {global_batch})" if accumulate > 1 else "")
             + f" | lr {base_lr:.4g} | {device} {precision}"
-            f" | {workers} workers"
+            f" | {workers} workers | augment on {'device' if on_device else 'cpu'}"
         )
         budget = []
         if total_steps:
@@ -410,6 +446,7 @@ class Trainer:
             # In a log file (not a terminal) a line every 30 s, not every step.
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )  # fmt: skip
+        aug_gen = torch.Generator(device=device)
         window: dict[str, float] = {}
         window_n = 0
         window_images = 0
@@ -440,7 +477,8 @@ class Trainer:
                 )  # fmt: skip
                 loader = DataLoader(
                     dataset, batch_size=t.batch_size, sampler=sampler,
-                    collate_fn=collate_views, pin_memory=device.type == "cuda",
+                    collate_fn=collate_canvas if on_device else collate_views,
+                    pin_memory=device.type == "cuda",
                     **loader_kwargs(workers, persistent=True),
                 )  # fmt: skip
                 epoch_length = sampler.epoch_length()
@@ -462,10 +500,22 @@ class Trainer:
                         exhausted = False
                         for _micro in range(accumulate):
                             try:
-                                views, labels, skipped = next(it)
+                                batch = next(it)
                             except StopIteration:
                                 exhausted = True
                                 break
+                            if batched is not None:
+                                canvas, sizes, labels, skipped = batch
+                                # A seed per (run, epoch, position, rank): resumable and
+                                # independent of the number of workers.
+                                pos = state.epoch_pos + _micro * global_batch + rank
+                                aug_gen.manual_seed(sample_seed(t.seed + 1, state.epoch, pos))
+                                with torch.no_grad():
+                                    views = batched(
+                                        canvas.to(device, non_blocking=True), sizes, aug_gen
+                                    )
+                            else:
+                                views, labels, skipped = batch
                             window_wait += time.perf_counter() - tick
                             skipped_files += len(skipped)
                             if skipped and skipped_file is not None:

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from selfsup.transforms.batched import ViewSpec
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -23,10 +25,17 @@ class MultiView:
     The image is decoded once and every view is cropped from the same uint8 tensor.
     """
 
-    def __init__(self, transforms: Sequence[Transform]) -> None:
+    def __init__(
+        self, transforms: Sequence[Transform], specs: Sequence[ViewSpec] | None = None
+    ) -> None:
         if not transforms:
             raise ValueError("MultiView needs at least one transform")
+        if specs is not None and len(specs) != len(transforms):
+            raise ValueError("MultiView: one spec per transform")
         self.transforms = list(transforms)
+        # The random parameters of each view, when the views come from specs: then the
+        # same augmentation can also run batched on the device (transforms.batched).
+        self.specs = list(specs) if specs is not None else None
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         return [t(img) for t in self.transforms]

@@ -10,6 +10,7 @@ import torch
 from torchvision.transforms import v2
 
 from selfsup.transforms.base import MultiView, normalize, to_float
+from selfsup.transforms.batched import ViewSpec
 
 # Above this image size the papers' Gaussian blur is used by default; on CIFAR-sized images
 # it hurts (SimCLR, Appendix B.9), so it is off at or below.
@@ -76,6 +77,59 @@ def _blur_kernel(size: int) -> int:
     return k if k % 2 == 1 else k + 1
 
 
+def view_spec(
+    cfg: ViewsConfig,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 3,
+    index: int = 0,
+    scale: tuple[float, float] | None = None,
+    blur_prob: float | None = None,
+    solarize: bool = True,
+) -> ViewSpec:
+    """The random parameters of view number ``index`` of the family, as a :class:`ViewSpec`."""
+    s = cfg.cj_strength
+    rb, rc, rs, rh = (list(cfg.cj_ratios) + [0.0] * 4)[:4]
+    auto_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
+    p_blur = blur_prob if blur_prob is not None else _pick(cfg.blur_prob, index, auto_blur)
+    lo, hi = scale or (cfg.min_scale, cfg.max_scale)
+    return ViewSpec(
+        size=image_size, scale=(lo, hi), hflip_prob=cfg.hflip_prob,
+        jitter_prob=cfg.cj_prob if s > 0 else 0.0,
+        brightness=rb * s, contrast=rc * s, saturation=rs * s, hue=rh * s,
+        gray_prob=cfg.gray_prob if channels == 3 else 0.0,
+        blur_prob=p_blur, blur_kernel=_blur_kernel(image_size),
+        solarize_prob=_pick(cfg.solarize_prob, index, 0.0) if solarize else 0.0,
+        mean=tuple(float(m) for m in mean), std=tuple(float(v) for v in std), channels=channels,
+    )  # fmt: skip
+
+
+def spec_transform(spec: ViewSpec) -> v2.Compose:
+    """The per-image torchvision pipeline of a spec: uint8 (C, H, W) -> float32
+    (C, size, size). :class:`BatchedViews` draws from the same distributions."""
+    strengths = [spec.brightness, spec.contrast, spec.saturation, spec.hue]
+    active = spec.jitter_ops()
+    b, c, s, h = (strengths[i] if i in active else 0.0 for i in range(4))
+    ops: list[torch.nn.Module] = [
+        # Work in float [0, 1] so 8-bit and 16-bit images follow the same path.
+        to_float(),
+        v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True),
+        v2.RandomHorizontalFlip(spec.hflip_prob),
+    ]
+    if spec.jitter_prob > 0 and active:
+        ops.append(v2.RandomApply([v2.ColorJitter(b, c, s, h)], p=spec.jitter_prob))
+    if spec.gray_prob > 0 and spec.channels == 3:
+        ops.append(v2.RandomGrayscale(spec.gray_prob))
+    if spec.blur_prob > 0:
+        blur = v2.GaussianBlur(spec.blur_kernel, spec.blur_sigma)
+        ops.append(v2.RandomApply([blur], p=spec.blur_prob))
+    if spec.solarize_prob > 0:
+        ops.append(v2.RandomSolarize(spec.solarize_threshold, p=spec.solarize_prob))
+    ops.append(normalize(spec.mean, spec.std))
+    return v2.Compose(ops)
+
+
 def view_transform(
     cfg: ViewsConfig,
     image_size: int,
@@ -87,36 +141,13 @@ def view_transform(
     blur_prob: float | None = None,
 ) -> v2.Compose:
     """View number ``index`` of the family: uint8 (C, H, W) -> float32 (C, size, size)."""
-    s = cfg.cj_strength
-    rb, rc, rs, rh = (list(cfg.cj_ratios) + [0.0] * 4)[:4]
-    if channels == 3:
-        jitter = v2.ColorJitter(rb * s, rc * s, rs * s, rh * s)
-    elif channels == 1:  # saturation and hue do not exist for single-channel images
-        jitter = v2.ColorJitter(rb * s, rc * s)
-    else:  # multi-band images: contrast is defined through an RGB grayscale, so brightness only
-        jitter = v2.ColorJitter(rb * s)
-    auto_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
-    p_blur = blur_prob if blur_prob is not None else _pick(cfg.blur_prob, index, auto_blur)
-    p_sol = _pick(cfg.solarize_prob, index, 0.0)
-    lo, hi = scale or (cfg.min_scale, cfg.max_scale)
-    ops: list[torch.nn.Module] = [
-        # Work in float [0, 1] so 8-bit and 16-bit images follow the same path.
-        to_float(),
-        v2.RandomResizedCrop(image_size, scale=(lo, hi), antialias=True),
-        v2.RandomHorizontalFlip(cfg.hflip_prob),
-    ]
-    if cfg.cj_prob > 0 and s > 0:
-        ops.append(v2.RandomApply([jitter], p=cfg.cj_prob))
-    if cfg.gray_prob > 0 and channels == 3:
-        ops.append(v2.RandomGrayscale(cfg.gray_prob))
-    if p_blur > 0:
-        ops.append(
-            v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), (0.1, 2.0))], p=p_blur)
-        )
-    if p_sol > 0:
-        ops.append(v2.RandomSolarize(0.5, p=p_sol))
-    ops.append(normalize(mean, std))
-    return v2.Compose(ops)
+    return spec_transform(view_spec(cfg, image_size, mean, std, channels, index, scale, blur_prob))
+
+
+def views_from_specs(specs: Sequence[ViewSpec]) -> MultiView:
+    """A per-image :class:`MultiView` that also carries its specs, so the trainer can run the
+    same augmentation batched on the device instead (``data.augment=device``)."""
+    return MultiView([spec_transform(s) for s in specs], specs=specs)
 
 
 def two_views(
@@ -127,7 +158,7 @@ def two_views(
     channels: int = 3,
 ) -> MultiView:
     """The two views of SimCLR, MoCo, BYOL, SimSiam, Barlow Twins and VICReg."""
-    return MultiView([view_transform(cfg, image_size, mean, std, channels, i) for i in range(2)])
+    return views_from_specs([view_spec(cfg, image_size, mean, std, channels, i) for i in range(2)])
 
 
 def local_crop_size(cfg: MultiCropConfig, image_size: int) -> int:
@@ -142,20 +173,17 @@ def multi_crop(
     channels: int = 3,
 ) -> MultiView:
     """``global_crops`` views at ``image_size``, then ``local_crops`` small views."""
-    views = [
-        view_transform(cfg, image_size, mean, std, channels, i) for i in range(cfg.global_crops)
-    ]
+    specs = [view_spec(cfg, image_size, mean, std, channels, i) for i in range(cfg.global_crops)]
     size = local_crop_size(cfg, image_size)
     local_blur = cfg.local_blur_prob
     if local_blur is None:
         local_blur = 0.5 if image_size > BLUR_MIN_SIZE else 0.0
-    local = view_transform(
-        cfg, size, mean, std, channels, index=cfg.global_crops,
-        scale=(cfg.local_min_scale, cfg.local_max_scale), blur_prob=local_blur,
-    )  # fmt: skip
     # Local crops are never solarised (DINO).
-    local.transforms = [t for t in local.transforms if not isinstance(t, v2.RandomSolarize)]
-    return MultiView(views + [local] * cfg.local_crops)
+    local = view_spec(
+        cfg, size, mean, std, channels, index=cfg.global_crops,
+        scale=(cfg.local_min_scale, cfg.local_max_scale), blur_prob=local_blur, solarize=False,
+    )  # fmt: skip
+    return views_from_specs(specs + [local] * cfg.local_crops)
 
 
 def masked_view(
@@ -165,12 +193,9 @@ def masked_view(
     std: Sequence[float],
 ) -> MultiView:
     """One lightly augmented view (MAE)."""
-    t = v2.Compose(
-        [
-            to_float(),
-            v2.RandomResizedCrop(image_size, scale=(cfg.min_scale, cfg.max_scale), antialias=True),
-            v2.RandomHorizontalFlip(cfg.hflip_prob),
-            normalize(mean, std),
-        ]
-    )
-    return MultiView([t])
+    spec = ViewSpec(
+        size=image_size, scale=(cfg.min_scale, cfg.max_scale), hflip_prob=cfg.hflip_prob,
+        mean=tuple(float(m) for m in mean), std=tuple(float(v) for v in std),
+        channels=len(mean),
+    )  # fmt: skip
+    return views_from_specs([spec])
