@@ -53,7 +53,7 @@ LIGHTLY_SCRIPT = textwrap.dedent(
     ds = torchvision.datasets.ImageFolder(data, transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=workers > 0)
-    images, wait, t0 = 0, 0.0, time.perf_counter()
+    images, wait, t0, warm_up = 0, 0.0, time.perf_counter(), True
     if mode == "model":
         x0, x1 = torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
     it = iter(loader)
@@ -70,8 +70,8 @@ LIGHTLY_SCRIPT = textwrap.dedent(
             loss = crit(head(net(x0)), head(net(x1)))
             opt.zero_grad(); loss.backward(); opt.step()
         images += x0.shape[0]
-        if images == x0.shape[0]:  # the first step warms up: time from its end
-            t0, images, wait = time.perf_counter(), 0, 0.0
+        if warm_up:  # the first step warms up: time from its end
+            t0, images, wait, warm_up = time.perf_counter(), 0, 0.0, False
     dt = time.perf_counter() - t0
     print(json.dumps({"img_per_s": images / dt, "data_wait": wait / dt, "images": images}))
     """
