@@ -10,6 +10,11 @@ methods already there unless --fresh), and the table is printed and written to
 
     python benchmarks/methods.py --budget 15m                       # every registered method
     python benchmarks/methods.py --methods simclr,byol --budget 2m --limit-train 10000 --limit-test 2000
+    python benchmarks/methods.py --methods mocov2,swav --out runs/recipes \
+        mocov2:method.proj_batch_norm=true swav:method.queue_size=1920
+
+Overrides ``KEY=VALUE`` apply to every method, ``METHOD:KEY=VALUE`` to that method only; a
+row records the overrides it ran with.
 """
 
 from __future__ import annotations
@@ -67,8 +72,20 @@ def main() -> None:
     p.add_argument("--limit-test", type=int, default=None, help="test images (default: all)")
     p.add_argument("--no-linear", action="store_true", help="skip the linear probe")
     p.add_argument("--fresh", action="store_true", help="ignore results already in --out")
-    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to every method")
+    p.add_argument("overrides", nargs="*",
+                   help="KEY=VALUE (every method) or METHOD:KEY=VALUE (that method) overrides")  # fmt: skip
     a = p.parse_args()
+
+    def overrides_for(method: str) -> list[str]:
+        out = []
+        for o in a.overrides:
+            head, _, rest = o.partition(":")
+            if rest and "=" not in head:
+                if head == method:
+                    out.append(rest)
+            else:
+                out.append(o)
+        return out
 
     names = selfsup.list_methods() if a.methods == "all" else a.methods.split(",")
     out = Path(a.out)
@@ -92,7 +109,7 @@ def main() -> None:
         run = out / name
         print(f"== {name}: pretraining for {a.budget}", flush=True)
         try:
-            s = pretrain(name, a.budget, data, run, a.overrides)
+            s = pretrain(name, a.budget, data, run, overrides_for(name))
         except RuntimeError as err:  # one failing method does not stop the table
             print(f"{name}: FAILED\n{err}", flush=True)
             continue
@@ -119,6 +136,7 @@ def main() -> None:
             "final_loss": s["final_loss"],
             "n_train": knn.n_train,
             "n_test": knn.n_test,
+            "overrides": overrides_for(name),
         }
         print(json.dumps(row), flush=True)
         with open(results_file, "a") as f:

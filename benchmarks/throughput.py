@@ -167,10 +167,9 @@ def selfsup_data(a: argparse.Namespace, augment: str = "cpu") -> dict[str, float
         ds, collate = ViewDataset(src, mv), collate_views
     loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, collate_fn=collate,
                         **loader_kwargs(a.workers, persistent=True))  # fmt: skip
-    g = torch.Generator()
     images, t0, first = 0, time.perf_counter(), True
     for batch in loader:
-        views = batched(batch[0], batch[1], g) if batched is not None else batch[0]
+        views = batched(batch[0], batch[1], batch[2]) if batched is not None else batch[0]
         if first:
             t0, first = time.perf_counter(), False
             continue

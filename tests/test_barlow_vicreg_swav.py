@@ -495,3 +495,12 @@ def test_losses_use_the_global_batch_across_two_processes(tmp_path: Path) -> Non
     full = method.codes(data["scores"], 0, use_queue=True)
     got = torch.cat([torch.load(tmp_path / f"rank{r}.pt")["swav"] for r in range(WORLD)])
     assert torch.allclose(got, full, atol=1e-5)
+
+
+def test_swav_chance_loss_is_the_loss_of_equal_prototype_scores() -> None:
+    m = tiny_swav()
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.full((4, 6), 0.3) for _ in range(4)]
+    codes = [torch.softmax(torch.randn(4, 6, generator=g), dim=1) for _ in range(2)]
+    assert float(m.criterion(scores, codes)) == pytest.approx(m.chance_loss(4), rel=1e-5)
+    assert m.chance_loss(4) == pytest.approx(math.log(6))

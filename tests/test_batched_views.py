@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import selfsup
 from selfsup.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
-from selfsup.data import ImageDataset, collate_canvas, scan_folder
+from selfsup.data import ImageDataset, collate_canvas, sample_seed, scan_folder
 from selfsup.transforms import MultiCropConfig, MultiView, ViewsConfig, multi_crop, two_views
 from selfsup.transforms import batched as B
 
@@ -26,6 +26,14 @@ N = 4000  # samples for statistics: a rate p is then known to about +-0.025 (3 s
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _rng(n: int, seed: int = 0) -> B.SampleRNG:
+    return B.SampleRNG.from_seed(seed, n)
+
+
+def _seeds(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.int64) + 1000 * seed
 
 
 def _rate_ok(observed: float, p: float, n: int = N) -> bool:
@@ -81,7 +89,7 @@ def test_resized_crops_equal_torchvision_resized_crop(size: int) -> None:
 
 def test_resized_crops_in_chunks_equal_one_pass() -> None:
     img = torch.rand(5, 3, 20, 20, generator=_gen())
-    boxes = B.crop_params(torch.tensor([[20, 20]] * 10), (0.1, 1.0), (0.75, 4 / 3), _gen())
+    boxes = B.crop_params(torch.tensor([[20, 20]] * 10), (0.1, 1.0), (0.75, 4 / 3), _rng(10))
     whole = B.resized_crops(img, boxes.view(2, 5, 4), 8)
     chunked = B.resized_crops(img, boxes.view(2, 5, 4), 8, max_elements=1)
     torch.testing.assert_close(whole, chunked)
@@ -106,7 +114,7 @@ def test_crop_parameters_follow_torchvision(
     hw: tuple[int, int], scale: tuple[float, float]
 ) -> None:
     h, w = hw
-    mine = B.crop_params(torch.tensor([[h, w]] * N), scale, (3 / 4, 4 / 3), _gen()).double()
+    mine = B.crop_params(torch.tensor([[h, w]] * N), scale, (3 / 4, 4 / 3), _rng(N)).double()
     ref = _tv_crop_params(h, w, scale, N)
     top, left, ch, cw = mine.unbind(1)
     # Ranges: inside the image, area and aspect within the requested bounds (+ rounding).
@@ -133,7 +141,7 @@ def test_crop_parameters_follow_torchvision(
 
 def test_crop_fallback_equals_torchvision() -> None:
     # A 10 x 200 strip with a large minimum area: no try fits, both fall back the same way.
-    mine = B.crop_params(torch.tensor([[10, 200]] * 50), (0.9, 1.0), (3 / 4, 4 / 3), _gen())
+    mine = B.crop_params(torch.tensor([[10, 200]] * 50), (0.9, 1.0), (3 / 4, 4 / 3), _rng(50))
     ref = _tv_crop_params(10, 200, (0.9, 1.0), 1)
     assert (mine == ref.long()).all()
 
@@ -146,7 +154,7 @@ def _spec(**kw: object) -> B.ViewSpec:
 
 def _raw(spec: B.ViewSpec, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """apply_view without the normalisation."""
-    out = B.apply_view(x.clone(), spec, _gen(seed))
+    out = B.apply_view(x.clone(), spec, _rng(x.shape[0], seed))
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return out * std + mean
@@ -176,12 +184,12 @@ def test_jitter_order_is_random_per_sample() -> None:
     # both orders must occur, about equally often.
     x = torch.rand(N, 3, 6, 6, generator=_gen()) * 0.5 + 0.5
     spec = _spec(size=6, jitter_prob=1.0, brightness=0.9, contrast=0.9)
-    g = _gen(7)
-    out = B.apply_view(x.clone(), spec, g)
-    g = _gen(7)
-    torch.rand(N, generator=g), torch.rand(N, generator=g)  # apply_view's flip and jitter coins
-    b = torch.rand(N, generator=g) * 1.8 + 0.1
-    c = torch.rand(N, generator=g) * 1.8 + 0.1
+    out = B.apply_view(x.clone(), spec, _rng(N, 7))
+    # The factors each sample drew: its stream's 3rd and 4th numbers, after the flip and
+    # jitter coins.
+    replay = _rng(N, 7)
+    replay.rand(2)
+    b, c = (replay.rand(2) * 1.8 + 0.1).unbind(1)
     unnorm = out * torch.tensor(spec.std).view(1, -1, 1, 1) + torch.tensor(spec.mean).view(
         1, -1, 1, 1
     )
@@ -236,11 +244,78 @@ def test_whole_view_distribution_matches_the_per_image_pipeline() -> None:
     ref = torch.stack([mv.transforms[0](img) for _ in range(n)])
     canvas = img.expand(n, -1, -1, -1).contiguous()
     sizes = torch.tensor([[40, 48]] * n)
-    mine = B.BatchedViews(mv.specs[:1])(canvas, sizes, _gen(1))[0]
+    mine = B.BatchedViews(mv.specs[:1])(canvas, sizes, _seeds(n, 1))[0]
     assert mine.shape == ref.shape and mine.dtype == torch.float32
     for stat in (lambda v: v.mean(dim=(1, 2, 3)), lambda v: v.std(dim=(1, 2, 3)),
                  lambda v: v[:, 0].mean(dim=(1, 2)) - v[:, 2].mean(dim=(1, 2))):  # fmt: skip
         assert ks_2samp(stat(mine).numpy(), stat(ref).numpy()).pvalue > 1e-3
+
+
+# ------------------------------------------------------------ counter-based randomness
+
+
+def _splitmix_ref(z: int) -> int:
+    """SplitMix64's finaliser in Python's exact integers, mod 2**64."""
+    m = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_mix64_is_splitmix64_bit_for_bit() -> None:
+    values = [0, 1, 2, 12345, 2**63 - 1, 2**63, 2**64 - 1, 0x9E3779B97F4A7C15, 2**40 + 7]
+    x = torch.tensor([v - 2**64 if v >= 2**63 else v for v in values], dtype=torch.int64)
+    got = [int(v) % 2**64 for v in B.mix64(x)]
+    assert got == [_splitmix_ref(v) for v in values]
+
+
+def test_sample_rng_is_uniform_and_each_row_its_own_stream() -> None:
+    seeds = torch.tensor([5, -3, 2**62, 7], dtype=torch.int64)
+    rng = B.SampleRNG.for_view(seeds, 0)
+    u = rng.rand(3000, dtype=torch.float64)
+    assert u.shape == (4, 3000) and (u >= 0).all() and (u < 1).all()
+    assert ks_2samp(u.flatten().numpy(), torch.rand(12000, generator=_gen()).numpy()).pvalue > 1e-3
+    # Rows are uncorrelated with each other and with their own next draw.
+    assert torch.corrcoef(u).sub(torch.eye(4, dtype=u.dtype)).abs().max() < 0.1
+    assert torch.corrcoef(torch.stack([u[0, :-1], u[0, 1:]]))[0, 1].abs() < 0.1
+    # A row depends only on its own seed and counter, never on the other rows: the same
+    # sample alone, or in another batch, draws the same numbers; other views draw others.
+    alone = B.SampleRNG.for_view(seeds[2:3], 0)
+    torch.testing.assert_close(alone.rand(3000, dtype=torch.float64), u[2:3], rtol=0, atol=0)
+    again = B.SampleRNG.for_view(seeds.flip(0), 0)
+    first, rest = again.rand(1000), again.rand(2000)
+    u32 = B.SampleRNG.for_view(seeds, 0).rand(3000)  # float32: the top 24 bits
+    assert (u32 - u).abs().max() < 2**-24
+    torch.testing.assert_close(torch.cat([first, rest], 1).flip(0), u32, rtol=0, atol=0)
+    other = B.SampleRNG.for_view(seeds, 1).rand(3000, dtype=torch.float64)
+    assert (other != u).float().mean() > 0.99
+    both = B.SampleRNG.for_views(seeds, [1, 0]).rand(3000, dtype=torch.float64)
+    assert torch.equal(both[:4], other) and torch.equal(both[4:], u)
+
+
+def test_a_sample_gets_the_same_views_in_any_batch() -> None:
+    """What DDP needs: each sample's views depend on its pixels and seed alone, not on the
+    batch around it (its size, its other images, the canvas padding)."""
+    g = _gen(2)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+              for h, w in [(40, 40), (32, 48), (50, 36), (36, 36), (44, 30), (40, 52)]]  # fmt: skip
+    seeds = [sample_seed(0, 3, pos) for pos in range(6)]
+    mv = multi_crop(MultiCropConfig(global_crops=2, local_crops=2), 24, IMAGENET_MEAN, IMAGENET_STD)
+    assert mv.specs is not None
+    batched = B.BatchedViews(mv.specs)
+
+    def views(idx: list[int]) -> list[torch.Tensor]:
+        canvas, sizes, s, _, _ = collate_canvas([(images[i], 0, [], seeds[i]) for i in idx])
+        return batched(canvas, sizes, s)
+
+    whole = views(list(range(6)))
+    for part in ([4, 1], [3], [5, 2, 0]):  # as two ranks, or smaller batches, would see them
+        for got, ref in zip(views(part), whole, strict=True):
+            torch.testing.assert_close(got, ref[part], atol=2e-5, rtol=0)
+    # ... while different seeds give different views of the same image.
+    canvas, sizes, _, _, _ = collate_canvas([(images[0], 0, [], 0)] * 2)
+    a, b = batched(canvas, sizes, torch.tensor([1, 2]))[0]
+    assert (a - b).abs().max() > 0.1
 
 
 # ------------------------------------------------------------ canvas, presets, decode cap
@@ -248,19 +323,22 @@ def test_whole_view_distribution_matches_the_per_image_pipeline() -> None:
 
 def test_canvas_of_mixed_sizes_crops_never_see_the_padding() -> None:
     images = [torch.full((3, h, w), 200, dtype=torch.uint8) for h, w in [(20, 30), (40, 12)]]
-    canvas, sizes, labels, _skipped = collate_canvas([(x, i, []) for i, x in enumerate(images)])
+    canvas, sizes, seeds, labels, _skipped = collate_canvas(
+        [(x, i, [], 10 + i) for i, x in enumerate(images)]
+    )
     assert canvas.shape == (2, 3, 40, 30) and canvas.dtype == torch.uint8
     assert sizes.tolist() == [[20, 30], [40, 12]] and labels.tolist() == [0, 1]
+    assert seeds.tolist() == [10, 11] and seeds.dtype == torch.int64
     spec = _spec(size=16, scale=(0.08, 1.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     for seed in range(20):
-        (view,) = B.BatchedViews([spec])(canvas, sizes, _gen(seed))
+        (view,) = B.BatchedViews([spec])(canvas, sizes, _seeds(2, seed))
         torch.testing.assert_close(view, torch.full_like(view, 200 / 255))
 
 
 def test_deep_images_make_a_float_canvas() -> None:
     a = torch.full((1, 8, 8), 255, dtype=torch.uint8)
     b = torch.full((1, 6, 9), 0.25)
-    canvas, _sizes, _, _ = collate_canvas([(a, 0, []), (b, 0, [])])
+    canvas, _sizes, _, _, _ = collate_canvas([(a, 0, [], 0), (b, 0, [], 1)])
     assert canvas.dtype == torch.float32
     assert canvas[0, 0, :8, :8].eq(1.0).all() and canvas[1, 0, :6, :9].eq(0.25).all()
 
@@ -272,7 +350,7 @@ def test_multi_crop_specs_and_views() -> None:
     assert [s.size for s in mv.specs] == [32, 32, 14, 14, 14]
     assert mv.specs[1].solarize_prob == 0.2 and mv.specs[4].solarize_prob == 0.0
     canvas = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=_gen())
-    views = B.BatchedViews(mv.specs)(canvas, torch.tensor([[40, 40]] * 4), _gen())
+    views = B.BatchedViews(mv.specs)(canvas, torch.tensor([[40, 40]] * 4), _seeds(4))
     assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 14, 14)] * 3
     assert not torch.equal(views[2], views[3])  # the local crops differ from each other
 
@@ -285,8 +363,8 @@ def test_decode_cap_keeps_detail_and_dataset_shrinks(tmp_path: Path) -> None:
     assert math.sqrt(0.08 * 3 / 4) * cap >= 32 > math.sqrt(0.08 * 3 / 4) * (cap - 1)
     folder = make_images(tmp_path / "imgs", classes=1, per_class=2, size=300)
     ds = ImageDataset(scan_folder(folder), cap=cap)
-    x, _label, skipped = ds[(0, 0)]
-    assert x.dtype == torch.uint8 and min(x.shape[-2:]) == cap and not skipped
+    x, _label, skipped, seed = ds[(0, 17)]
+    assert seed == 17 and x.dtype == torch.uint8 and min(x.shape[-2:]) == cap and not skipped
 
 
 # --------------------------------------------------------------------------- training
@@ -336,7 +414,7 @@ def test_device_augmentation_needs_specs(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernels_match_the_cpu() -> None:
     img = torch.rand(4, 3, 40, 50, generator=_gen())
-    boxes = B.crop_params(torch.tensor([[40, 50]] * 8), (0.08, 1.0), (0.75, 4 / 3), _gen())
+    boxes = B.crop_params(torch.tensor([[40, 50]] * 8), (0.08, 1.0), (0.75, 4 / 3), _rng(8))
     cpu = B.resized_crops(img, boxes.view(2, 4, 4), 24)
     gpu = B.resized_crops(img.cuda(), boxes.view(2, 4, 4).cuda(), 24).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=0)
@@ -345,7 +423,10 @@ def test_cuda_kernels_match_the_cpu() -> None:
         torch.testing.assert_close(
             fn(img.cuda(), f.cuda()).cpu(), fn(img.clone(), f), atol=1e-5, rtol=0
         )
-    views = B.BatchedViews(two_views(ViewsConfig(), 24, IMAGENET_MEAN, IMAGENET_STD).specs or [])(
-        (img * 255).to(torch.uint8).cuda(), torch.tensor([[40, 50]] * 4), torch.Generator("cuda")
-    )
+    batched = B.BatchedViews(two_views(ViewsConfig(), 24, IMAGENET_MEAN, IMAGENET_STD).specs or [])
+    canvas, sizes = (img * 255).to(torch.uint8), torch.tensor([[40, 50]] * 4)
+    views = batched(canvas.cuda(), sizes, _seeds(4).cuda())
     assert [tuple(v.shape) for v in views] == [(4, 3, 24, 24)] * 2 and views[0].is_cuda
+    # Counter-based draws: the GPU makes the very views the CPU makes.
+    for gpu, cpu in zip(views, batched(canvas, sizes, _seeds(4)), strict=True):
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)

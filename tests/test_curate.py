@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from selfsup.curation import (
     MANIFEST,
     _Scan,
     analyse,
+    binomial_tail,
+    colour_group_p,
     cosine_knn,
     fingerprint,
     hash_distance,
@@ -83,7 +86,8 @@ def test_curate_finds_planted_duplicates_and_outliers_then_quarantines_and_undoe
     for kind in ("upscaled", "downscaled", "jpeg", "cropped"):
         assert m[f"near_recall_{kind}"] >= 0.6, kind
     # Outliers: the 15 most outlying hold the corrupted-looking ones (noise, flat) and the
-    # flagged list is mostly planted; X-rays are only as far as the model puts them.
+    # flagged list is mostly planted. Five X-rays are too few for the colourless-group check
+    # at k = 20 (at most 4 X-ray neighbours); the next test plants a group of fifteen.
     assert m["outlier_recall_at_k_noise"] == 1.0 and m["outlier_recall_at_k_flat"] >= 0.8
     assert m["outlier_recall_at_k"] >= 0.6 and m["outlier_precision"] >= 0.7
     rows = list(csv.DictReader((out / "curation.csv").open()))
@@ -193,7 +197,7 @@ def _synthetic_scan(n: int = 40) -> _Scan:
     pixels[3] = 4096
     fp = {"phash": phash, "sha1": sha1, "contrast": contrast, "colour": colour, "hf": hf,
           "entropy": 5 + torch.rand(n, generator=g), "pixels": pixels,
-          "bytes": torch.full((n,), 900)}  # fmt: skip
+          "bytes": torch.full((n,), 900), "chroma": torch.full((n,), 0.1)}  # fmt: skip
     return _Scan(list(range(n)), [f"img{i:02d}.png" for i in range(n)], [-1] * n, feats, fp)
 
 
@@ -219,3 +223,80 @@ def test_analyse_groups_keeps_the_largest_and_ranks_outliers() -> None:
     assert not any(o.flagged for o in outliers if o.path in ("img01.png", "img02.png", "img06.png"))
     _, top = analyse(scan, outliers_top=1, **kw)  # type: ignore[arg-type]
     assert [o.path for o in top if o.flagged] == [outliers[0].path]
+
+
+def test_binomial_tail_and_colour_group_probability() -> None:
+    from scipy.stats import binom
+
+    for k, n, p in [(0, 10, 0.1), (1, 10, 0.1), (3, 20, 0.05), (13, 20, 0.02), (20, 20, 0.5)]:
+        assert binomial_tail(k, n, p) == pytest.approx(float(binom.sf(k - 1, n, p)), rel=1e-9)
+    grey = torch.tensor([True, True] + [False] * 10)  # 1 in 6 grey
+    nbrs = torch.tensor([[1, 2], [0, 1], [0, 1]] + [[2, 3]] * 9)
+    p = colour_group_p(grey, nbrs)
+    assert p[0] == pytest.approx(binomial_tail(1, 2, 1 / 6)) == pytest.approx(1 - (5 / 6) ** 2)
+    assert p[1] == pytest.approx((1 / 6) ** 2)  # both neighbours grey
+    assert p[2:].eq(1.0).all()  # colour images are never a colourless group
+    assert colour_group_p(torch.ones(12, dtype=torch.bool), nbrs).eq(1.0).all()  # all grey
+
+
+def test_a_colourless_group_among_colour_images_is_flagged_not_grey_photos() -> None:
+    """Twelve grey images of another kind, close together and as far from the photos as
+    photos are from each other (the kNN score cannot see them), among 200 colour photos
+    of which three are grey: the group is flagged, the grey photos are not."""
+    g = torch.Generator().manual_seed(1)
+    n_photos, n_group = 200, 12
+    n = n_photos + n_group
+    feats = torch.randn(n, 32, generator=g)
+    feats[n_photos:] = feats[0] * 0.3 + torch.randn(32, generator=g)  # the group's centre
+    feats[n_photos:] += 0.15 * torch.randn(n_group, 32, generator=g)
+    chroma = torch.full((n,), 0.1)
+    chroma[n_photos:] = 0.0
+    grey_photos = [5, 50, 150]
+    chroma[grey_photos] = 0.0
+    fp = {"phash": torch.randint(0, 256, (n, len(CROPS), 8), generator=g, dtype=torch.uint8),
+          "sha1": torch.randint(0, 256, (n, 20), generator=g, dtype=torch.uint8),
+          "contrast": torch.full((n,), 0.2), "colour": torch.full((n, 3), 0.5),
+          "hf": 0.05 + 0.01 * torch.rand(n, generator=g), "entropy": 5 + torch.rand(n, generator=g),
+          "pixels": torch.full((n,), 1024), "bytes": torch.full((n,), 900), "chroma": chroma}  # fmt: skip
+    scan = _Scan(list(range(n)), [f"img{i:03d}.png" for i in range(n)], [-1] * n, feats, fp)
+    _, outliers = analyse(scan, hash_bits=8, dup_neighbors=3, outlier_k=10, outlier_z=5.0,
+                          degenerate_z=12.0, outliers_top=None, device=torch.device("cpu"))  # fmt: skip
+    flagged = {o.path for o in outliers if o.flagged}
+    group = {f"img{i:03d}.png" for i in range(n_photos, n)}
+    assert flagged == group
+    assert all("colourless" in o.reason for o in outliers if o.path in group)
+    assert all(o.z_embedding < 5.0 for o in outliers if o.path in group)  # kNN alone misses them
+    # The same images in a grey data set (nothing to stand out from): nothing flagged.
+    scan.fp["chroma"] = torch.zeros(n)
+    _, outliers = analyse(scan, hash_bits=8, dup_neighbors=3, outlier_k=10, outlier_z=5.0,
+                          degenerate_z=12.0, outliers_top=None, device=torch.device("cpu"))  # fmt: skip
+    assert not any(o.flagged for o in outliers)
+
+
+def test_curate_finds_a_group_of_xrays_mixed_into_photos(
+    planted: tuple[Planted, Path], tmp_path: Path
+) -> None:
+    """Fifteen chest X-rays among the planted set's photos, found with the weak run: they
+    are each other's neighbours (the kNN distance cannot see them) but colourless among
+    colour images, which the colourless-group check reports."""
+    truth, run = planted
+    data = tmp_path / "data"
+    shutil.copytree(truth.root, data)
+    xrays = sorted((SHARED / "pneumoniamnist" / "train").rglob("*.png"))[-10:]
+    for i, f in enumerate(xrays):
+        shutil.copyfile(f, data / "cat" / f"scan_{i:02d}.png")
+    out = tmp_path / "report"
+    assert main(["curate", "--checkpoint", str(run), "--data", str(data), "--out", str(out),
+                 *CPU]) == 0  # fmt: skip
+    report = json.loads((out / "curation.json").read_text())
+    flagged = set(report["outliers"]["flagged"])
+    planted_xrays = {p for p, kind in truth.ood if kind == "xray"}
+    xray_files = planted_xrays | {f"cat/scan_{i:02d}.png" for i in range(len(xrays))}
+    found = flagged & xray_files
+    # 11 of 15 when written (the kNN score alone: 0); the rest have fewer X-ray neighbours.
+    assert len(found) >= 0.6 * len(xray_files), sorted(xray_files - found)
+    others = {p for p, kind in truth.ood if kind != "xray"}
+    false = flagged - xray_files - others
+    assert len(false) <= 2, sorted(false)  # grey photos stay unflagged (or nearly)
+    rows = {r["path"]: r for r in report["outliers"]["ranking"]}
+    assert all("colourless" in rows[p]["reason"] for p in found if p in rows)

@@ -482,3 +482,14 @@ def test_bad_config_values_name_the_key() -> None:
         build("dino", False, "method.views.global_crops=1", "method.views.local_crops=0")
     with pytest.raises(ConfigError, match=r"method\.mask_ratio"):
         build("dinov2", True, "method.mask_ratio=[0.6, 0.2]")
+
+
+def test_dino_chance_loss_is_the_loss_of_uniform_student_outputs() -> None:
+    m = build("dino", False)
+    k = m.cfg.out_dim
+    g = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(4, k, generator=g) for _ in range(2)]
+    student = [torch.zeros(4, k) for _ in range(4)]  # every crop: the same score everywhere
+    loss = m.criterion(student, teacher, torch.zeros(1, k), 0.04)
+    assert float(loss) == pytest.approx(m.chance_loss(8), rel=1e-5)
+    assert m.chance_loss(8) == pytest.approx(math.log(k))

@@ -125,3 +125,28 @@ def test_resumed_distributed_run_continues_the_same_schedule(tmp_path: Path) -> 
     a = selfsup.train.checkpoint.load(full)["method"]
     b = selfsup.train.checkpoint.load(part)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_device_augmentation_makes_two_processes_train_as_one(tmp_path: Path) -> None:
+    """With data.augment=device every sample's views come from its own seed, so 2 processes
+    of 4 images train exactly as 1 process of 8: the same global-batch loss at every step
+    and the same weights at the end."""
+    data = make_images(tmp_path / "imgs", classes=2, per_class=16)
+    base: dict[str, Any] = dict(method="simclr", data=str(data), steps=3, image_size=16,
+                                workers=0, progress=False,
+                                overrides=["monitor.knn=false", "train.log_every=1",
+                                           "method.proj_hidden_dim=32", "data.augment=device",
+                                           "train.precision=fp32"])  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    selfsup.pretrain(**base, out=one, batch_size=BATCH)
+    mp.spawn(_pretrain_worker, args=(_free_port(), {**base, "out": two, "batch_size": BATCH // WORLD}),
+             nprocs=WORLD, join=True)  # fmt: skip
+    la, lb = _losses(one), _losses(two)
+    assert [s for s, _ in la] == [s for s, _ in lb] == ["1", "2", "3"]
+    for (_, a), (_, b) in zip(la, lb, strict=True):
+        assert float(b) == pytest.approx(float(a), rel=1e-4), (la, lb)
+    a = selfsup.train.checkpoint.load(one)["method"]
+    b = selfsup.train.checkpoint.load(two)["method"]
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -22,6 +22,13 @@ transform) and a cheap fingerprint of the decoded pixels: a content hash, a perc
   energy) and blank or nearly blank images (entropy of the grey-level histogram). An image
   is flagged when either z-score passes its threshold; they rank by the larger of
   ``z_embedding / outlier_z`` and ``z_pixels / degenerate_z``.
+* **a colourless group among colour images**: in a data set of mostly colour images, a
+  grey image whose nearest neighbours are grey far more often than chance (binomial tail
+  probability at most ``COLOUR_GROUP_P``; ordinary grey photos have colour neighbours)
+  belongs to a group from another source (scans, X-rays, a stray grayscale data set). Such
+  a group hides from the kNN score (its members are each other's neighbours) and from the
+  pixel check (they look like photos), but not from this one. Its severity is
+  ``log10(1 / p) / log10(1 / COLOUR_GROUP_P)``.
 
 Outputs in ``out``: ``curation.json`` (settings, groups, ranked outliers), ``curation.csv``
 (one row per image, flagged first), ``duplicates.png`` and ``outliers.png`` (image grids).
@@ -78,6 +85,13 @@ CROPS: tuple[tuple[float, float] | None, ...] = (
 LOW_CONTRAST = 0.01
 # Colour difference (0-1, any channel) below which two blank images are the same.
 BLANK_COLOUR_TOL = 0.02
+# Mean over pixels of (max - min) of the three channels (0-1) at or below which an image is
+# colourless (grey stored as RGB); a colour data set has at most MINORITY_SHARE of them.
+COLOURLESS_CHROMA = 1.0 / 255
+MINORITY_SHARE = 0.2
+# Binomial tail probability of a colourless image's colourless neighbours at which it is
+# flagged as one of a colourless group (severity 1).
+COLOUR_GROUP_P = 1e-3
 # Extra neighbours fetched so an image's own duplicates can be left out of its outlier score.
 EXTRA_NEIGHBOURS = 8
 # Bytes -> number of set bits.
@@ -152,7 +166,8 @@ def fingerprint(raw: torch.Tensor) -> dict[str, torch.Tensor]:
     crops; ``hf``: share of the grey image's DCT energy at high frequencies (radius >= 16 of
     32; white noise ~0.75, natural photos ~0.05); ``entropy``: bits of the 64-bin grey-level
     histogram (blank: 0); ``contrast``: grey-level standard deviation; ``colour``: mean of
-    each of the first three channels.
+    each of the first three channels; ``chroma``: mean over pixels of the spread (max - min)
+    of the first three channels (0 for grey images).
     """
     with _one_thread():
         return _fingerprint(raw)
@@ -184,12 +199,15 @@ def _fingerprint(raw: torch.Tensor) -> dict[str, torch.Tensor]:
     p = hist[hist > 0] / hist.sum()
     colour = t.reshape(t.shape[0], -1).mean(1)
     colour = torch.cat([colour, colour.new_zeros(3)])[:3] if colour.numel() < 3 else colour[:3]
+    rgb = t[:3]
+    chroma = (rgb.amax(0) - rgb.amin(0)).mean() if t.shape[0] >= 3 else t.new_zeros(())
     return {
         "phash": torch.from_numpy(hashes),
         "hf": hf.reshape(()),
         "entropy": -(p * p.log2()).sum(),
         "contrast": small.std(),
         "colour": colour,
+        "chroma": chroma.reshape(()),
         "pixels": torch.tensor(h * w, dtype=torch.int64),
     }
 
@@ -245,6 +263,7 @@ def _empty_fingerprint() -> dict[str, torch.Tensor]:
     return {
         "phash": torch.zeros(len(CROPS), 8, dtype=torch.uint8), "hf": torch.tensor(0.0),
         "entropy": torch.tensor(0.0), "contrast": torch.tensor(0.0), "colour": torch.zeros(3),
+        "chroma": torch.tensor(1.0),
         "pixels": torch.tensor(0), "sha1": torch.zeros(20, dtype=torch.uint8),
         "bytes": torch.tensor(0),
     }  # fmt: skip
@@ -272,6 +291,34 @@ def cosine_knn(
         sims.append(v.cpu())
         idx.append(i.cpu())
     return torch.cat(sims), torch.cat(idx)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    return float(
+        min(1.0, sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1)))
+    )
+
+
+def colour_group_p(colourless: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """For each image: the probability that at least as many of its ``neighbours`` (N, k)
+    indices are colourless as are, were they drawn at random from the data set; 1 for colour
+    images and for data sets that are not mostly colour (see the module docstring)."""
+    n, k = neighbours.shape
+    out = torch.ones(n, dtype=torch.float64)
+    share = float(colourless.float().mean()) if n else 0.0
+    if not 0.0 < share <= MINORITY_SHARE:
+        return out
+    counts = colourless[neighbours].sum(1)
+    for i in torch.nonzero(colourless).flatten().tolist():
+        out[i] = binomial_tail(int(counts[i]), k, share)
+    return out
 
 
 def robust_z(x: torch.Tensor) -> torch.Tensor:
@@ -536,6 +583,10 @@ def analyse(
     order = torch.argsort(same.to(torch.int8), dim=1, stable=True)[:, :outlier_k]
     knn_dist = torch.nanmean(torch.gather(dist, 1, order), dim=1).nan_to_num(0.0)
     z_emb_r = robust_z(knn_dist)
+    colourless = scan.fp["chroma"][torch.from_numpy(reps)] <= COLOURLESS_CHROMA
+    p_group = colour_group_p(colourless, torch.gather(nn_idx, 1, order))
+    s_group = torch.log10(1.0 / p_group.clamp_min(1e-300)) / math.log10(1.0 / COLOUR_GROUP_P)
+    n_grey = torch.gather(colourless[nn_idx], 1, order).sum(1)
     z_hf = robust_z(scan.fp["hf"].float())
     z_ent = robust_z(scan.fp["entropy"].float())
     z_pix = torch.maximum(z_hf, -z_ent)
@@ -544,9 +595,15 @@ def analyse(
     rows = []
     for i in range(n):
         r = rep_of[first[digests[i]]]
-        ze, zp = float(z_emb_r[r]), float(z_pix[i])
-        sev = max(ze / outlier_z, zp / degenerate_z)
-        if ze / outlier_z >= zp / degenerate_z:
+        ze, zp, sg = float(z_emb_r[r]), float(z_pix[i]), float(s_group[r])
+        sev = max(ze / outlier_z, zp / degenerate_z, sg)
+        if sg > 0 and sg >= max(ze / outlier_z, zp / degenerate_z):
+            why = (
+                f"colourless, like {int(n_grey[r])} of its {outlier_k} nearest neighbours, in "
+                f"a colour data set ({float(colourless.float().mean()):.1%} colourless): a "
+                f"group from another source? (chance p {float(p_group[r]):.1g})"
+            )
+        elif ze / outlier_z >= zp / degenerate_z:
             why = f"far from its {outlier_k} nearest neighbours (z {ze:.1f})"
         elif float(z_hf[i]) >= float(-z_ent[i]):
             why = f"noise-like: high-frequency energy (z {float(z_hf[i]):.1f})"

@@ -81,40 +81,44 @@ def gather(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+def _reduced(x: torch.Tensor, op: Any) -> torch.Tensor:
+    """All-reduce a detached copy of ``x``. NCCL reduces only CUDA tensors: small CPU
+    tensors (clocks, flags, log values) travel through the current GPU and come back."""
+    y = x.detach().clone()
+    if y.device.type == "cpu" and tdist.get_backend() == "nccl":
+        z = y.to(torch.device("cuda", torch.cuda.current_device()))
+        tdist.all_reduce(z, op=op)
+        return z.cpu()
+    tdist.all_reduce(y, op=op)
+    return y
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (a new tensor; no gradient)."""
     if not is_initialized() or world_size() == 1:
         return x
-    y = x.detach().clone()
-    tdist.all_reduce(y)
-    return y / world_size()
+    return _reduced(x, tdist.ReduceOp.SUM) / world_size()
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of ``x`` over ranks (a new tensor; no gradient)."""
     if not is_initialized() or world_size() == 1:
         return x
-    y = x.detach().clone()
-    tdist.all_reduce(y)
-    return y
+    return _reduced(x, tdist.ReduceOp.SUM)
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``x`` over ranks (a new tensor; no gradient)."""
     if not is_initialized() or world_size() == 1:
         return x
-    y = x.detach().clone()
-    tdist.all_reduce(y, op=tdist.ReduceOp.MAX)
-    return y
+    return _reduced(x, tdist.ReduceOp.MAX)
 
 
 def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
     """Element-wise minimum of ``x`` over ranks (a new tensor; no gradient)."""
     if not is_initialized() or world_size() == 1:
         return x
-    y = x.detach().clone()
-    tdist.all_reduce(y, op=tdist.ReduceOp.MIN)
-    return y
+    return _reduced(x, tdist.ReduceOp.MIN)
 
 
 class _AllReduceSum(torch.autograd.Function):

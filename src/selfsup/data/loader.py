@@ -87,10 +87,11 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
         return views, label, skipped
 
 
-class ImageDataset(Dataset[tuple[torch.Tensor, int, list[str]]]):
-    """Items are ``(image, label, skipped)`` for an index ``(i, seed)``: the image decoded
-    once and left unaugmented (uint8, or float for deep images), for augmentation of whole
-    batches on the training device (:class:`selfsup.transforms.batched.BatchedViews`).
+class ImageDataset(Dataset[tuple[torch.Tensor, int, list[str], int]]):
+    """Items are ``(image, label, skipped, seed)`` for an index ``(i, seed)``: the image
+    decoded once and left unaugmented (uint8, or float for deep images), for augmentation of
+    whole batches on the training device (:class:`selfsup.transforms.batched.BatchedViews`),
+    which draws each sample's views from its ``seed``.
 
     Images whose short side exceeds ``cap`` are first shrunk to it (antialiased): every crop
     of them would be shrunk at least that much anyway, and it bounds the batch canvas.
@@ -106,18 +107,19 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int, list[str]]]):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, list[str], int]:
         index, seed = item
         x, label, skipped = self.loader.load(index, seed)
         if self.cap and min(x.shape[-2:]) > self.cap:
             x = v2.functional.resize(x, self.cap, antialias=True)
-        return x, label, skipped
+        return x, label, skipped, seed
 
 
 def collate_canvas(
-    batch: Sequence[tuple[torch.Tensor, int, list[str]]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Images of any sizes -> (canvas (B, C, H_max, W_max), sizes (B, 2), labels, skipped).
+    batch: Sequence[tuple[torch.Tensor, int, list[str], int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Images of any sizes -> (canvas (B, C, H_max, W_max), sizes (B, 2), seeds (B,) int64,
+    labels, skipped).
 
     Each image sits in the top-left corner of the canvas; the rest is zero and never read
     (crops stay inside each image's own size). The canvas stays uint8 unless some image is
@@ -135,7 +137,8 @@ def collate_canvas(
         canvas[i, :, : x.shape[-2], : x.shape[-1]] = x
     labels = torch.tensor([item[1] for item in batch])
     skipped = [s for item in batch for s in item[2]]
-    return canvas, sizes, labels, skipped
+    seeds = torch.tensor([item[3] for item in batch], dtype=torch.int64)
+    return canvas, sizes, seeds, labels, skipped
 
 
 class EvalDataset(Dataset[tuple[torch.Tensor, int, bool]]):

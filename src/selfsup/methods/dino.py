@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,11 @@ class DINO(Method):
         loss = self.criterion(torch.split(s, b), torch.split(t, b), self.center, temp)
         self._teacher_logits = t.detach()
         return loss, {"loss": loss.detach(), "teacher_temp": torch.tensor(temp)}
+
+    def chance_loss(self, batch_size: int) -> float | None:
+        # Uniform student outputs (the "uniform" collapse: centring beats sharpening) give
+        # exactly log(out_dim), whatever the teacher says.
+        return math.log(self.cfg.out_dim)
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.head]

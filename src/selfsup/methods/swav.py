@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -192,6 +193,11 @@ class SwAV(Method):
         if self.queues:
             logs["queue_used"] = torch.tensor(float(use_queue))
         return loss, logs
+
+    def chance_loss(self, batch_size: int) -> float | None:
+        # Equal scores for every prototype give exactly log(num_prototypes), whatever the
+        # codes: the swapped prediction has learned nothing.
+        return math.log(self.cfg.num_prototypes)
 
     def on_after_backward(self, info: StepInfo) -> None:
         # Zeroed rather than set to None, so every trainable parameter keeps a gradient;

@@ -35,7 +35,6 @@ from selfsup.data import (
     collate_views,
     default_workers,
     loader_kwargs,
-    sample_seed,
 )
 from selfsup.data.cache import open_cache
 from selfsup.eval.features import autocast, extract_features
@@ -446,7 +445,6 @@ class Trainer:
             # In a log file (not a terminal) a line every 30 s, not every step.
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )  # fmt: skip
-        aug_gen = torch.Generator(device=device)
         window: dict[str, float] = {}
         window_n = 0
         window_images = 0
@@ -505,14 +503,12 @@ class Trainer:
                                 exhausted = True
                                 break
                             if batched is not None:
-                                canvas, sizes, labels, skipped = batch
-                                # A seed per (run, epoch, position, rank): resumable and
-                                # independent of the number of workers.
-                                pos = state.epoch_pos + _micro * global_batch + rank
-                                aug_gen.manual_seed(sample_seed(t.seed + 1, state.epoch, pos))
+                                # Each sample's views come from its own seed (run, epoch,
+                                # position): independent of workers, ranks and resuming.
+                                canvas, sizes, seeds, labels, skipped = batch
                                 with torch.no_grad():
                                     views = batched(
-                                        canvas.to(device, non_blocking=True), sizes, aug_gen
+                                        canvas.to(device, non_blocking=True), sizes, seeds
                                     )
                             else:
                                 views, labels, skipped = batch
@@ -634,6 +630,14 @@ class Trainer:
                                 "data_wait": window_wait / max(window_time, 1e-9),
                             }  # fmt: skip
                             probe_sum = window.pop("probe_acc", None)
+                            if world > 1 and window:
+                                # The loss and its terms over the global batch, not rank 0's
+                                # share of it (every rank logs the same keys at this step).
+                                keys = sorted(window)
+                                means = dist.all_reduce_mean(
+                                    torch.tensor([window[k] for k in keys], dtype=torch.float64)
+                                )
+                                window = dict(zip(keys, means.tolist(), strict=True))
                             row.update({k: v / max(window_n, 1) for k, v in window.items()})
                             if probe_sum is not None and probe_n:
                                 row["probe_acc"] = probe_sum / probe_n

@@ -15,6 +15,11 @@ edge pixels repeated into the padding, plus their ``(B, 2)`` sizes ``(height, wi
 Crops are cut and resized by two batched matrix products per image whose weights are those
 of torchvision's antialiased bilinear resize, so a crop equals ``resized_crop`` of the
 per-image pipeline to float rounding.
+
+Randomness is counter based (:class:`SampleRNG`): every number a sample's view needs is a
+hash of that sample's own seed, the view and a draw counter. A sample is therefore
+augmented the same way whatever the batch size, the number of workers or of processes, and
+whichever rank it lands on, so a run on N GPUs sees the views a run on one would.
 """
 
 from __future__ import annotations
@@ -67,26 +72,101 @@ class ViewSpec:
         return [i for i in allowed if strengths[i] > 0]
 
 
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 it is bit for bit."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+_VIEW = 0xD1B54A32D192ED03
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors, wrapping like uint64 arithmetic."""
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+class SampleRNG:
+    """Counter-based random numbers, one independent stream per row (sample x view).
+
+    ``rand(*shape)`` returns ``(N, *shape)`` uniforms in [0, 1): row i's numbers are
+    SplitMix64 outputs of ``keys[i] + (c + 1) * golden`` for consecutive counters c, so
+    they depend only on that row's key and on how many numbers the row drew before, never
+    on the other rows. Every row makes the same calls, so the counters stay in step.
+    """
+
+    def __init__(self, keys: torch.Tensor) -> None:
+        if keys.dtype != torch.int64 or keys.dim() != 1:
+            raise ValueError("SampleRNG keys must be a 1-d int64 tensor")
+        self.keys = keys
+        self.counter = 0
+
+    @classmethod
+    def for_view(cls, seeds: torch.Tensor, view: int) -> SampleRNG:
+        """Streams for view number ``view`` of samples with per-sample ``seeds`` (B,)."""
+        salt = _signed(((view + 1) * _VIEW) % (1 << 64))
+        return cls(mix64(mix64(seeds.to(torch.int64)) + salt))
+
+    @classmethod
+    def for_views(cls, seeds: torch.Tensor, views: Sequence[int]) -> SampleRNG:
+        """Rows ``[view_0 of all samples, view_1 of all samples, ...]``."""
+        return cls(torch.cat([cls.for_view(seeds, v).keys for v in views]))
+
+    @classmethod
+    def from_seed(cls, seed: int, n: int, device: torch.device | str = "cpu") -> SampleRNG:
+        """``n`` streams from one integer (tests, previews)."""
+        seeds = torch.arange(n, dtype=torch.int64, device=device) + _signed(
+            (seed * 0x9E3779B97F4A7C15) % (1 << 64)
+        )
+        return cls.for_view(seeds, 0)
+
+    @property
+    def n(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys.device
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        m = math.prod(shape)
+        idx = torch.arange(self.counter + 1, self.counter + m + 1, device=self.device)
+        self.counter += m
+        h = mix64(self.keys[:, None] + idx[None, :] * _GOLDEN)
+        if dtype == torch.float64:
+            u = _shr(h, 11).to(torch.float64) * 2.0**-53
+        else:
+            u = (_shr(h, 40).to(torch.float32) * 2.0**-24).to(dtype)
+        return u.view(self.n, *shape)
+
+
 def _exact_dtype(device: torch.device) -> torch.dtype:
     """float64 for box arithmetic, where the device has it (Apple's MPS does not)."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _uniform(
-    n: int, lo: float, hi: float, g: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+def _uniform(lo: float, hi: float, rng: SampleRNG) -> torch.Tensor:
+    return rng.rand() * (hi - lo) + lo
 
 
-def _coin(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) < p
+def _coin(p: float, rng: SampleRNG) -> torch.Tensor:
+    return rng.rand() < p
 
 
 def crop_params(
     sizes: torch.Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
-    generator: torch.Generator,
+    rng: SampleRNG,
     attempts: int = 10,
 ) -> torch.Tensor:
     """Random resized crop boxes ``(N, 4)`` as (top, left, height, width) for images of
@@ -96,13 +176,15 @@ def crop_params(
     device = sizes.device
     dtype = _exact_dtype(device)
     n = sizes.shape[0]
+    if rng.n != n:
+        raise ValueError(f"crop_params: {n} sizes but {rng.n} random streams")
     height = sizes[:, 0].to(dtype)
     width = sizes[:, 1].to(dtype)
     area = (height * width)[:, None]
-    frac = torch.rand(n, attempts, generator=generator, device=device, dtype=dtype)
+    frac = rng.rand(attempts, dtype=dtype)
     target = area * (frac * (scale[1] - scale[0]) + scale[0])
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    log_r = torch.rand(n, attempts, generator=generator, device=device, dtype=dtype)
+    log_r = rng.rand(attempts, dtype=dtype)
     aspect = torch.exp(log_r * (hi - lo) + lo)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
@@ -117,8 +199,8 @@ def crop_params(
     fb_h = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
     h_pick = torch.where(found, h_pick, fb_h)
     w_pick = torch.where(found, w_pick, fb_w)
-    u_top = torch.rand(n, generator=generator, device=device, dtype=dtype)
-    u_left = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    u_top = rng.rand(dtype=dtype)
+    u_left = rng.rand(dtype=dtype)
     top = torch.where(
         found,
         torch.floor(u_top * (height - h_pick + 1)).clamp(max=height - h_pick),
@@ -251,41 +333,43 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
     return y.view(n, c, h, w)
 
 
-def apply_view(crops: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
+def apply_view(crops: torch.Tensor, spec: ViewSpec, rng: SampleRNG) -> torch.Tensor:
     """Flip, colour jitter, grayscale, blur, solarise and normalise float crops in [0, 1]
-    (N, C, s, s), each sample with its own random parameters."""
+    (N, C, s, s), each sample with its own random parameters (row i of ``rng``)."""
     n, device = crops.shape[0], crops.device
+    if rng.n != n:
+        raise ValueError(f"apply_view: {n} crops but {rng.n} random streams")
     x = crops
-    flip = _coin(n, spec.hflip_prob, generator, device)
+    flip = _coin(spec.hflip_prob, rng)
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     ops = spec.jitter_ops()
     if spec.jitter_prob > 0 and ops:
-        jitter = _coin(n, spec.jitter_prob, generator, device)
+        jitter = _coin(spec.jitter_prob, rng)
         strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
         factors = []
         for i, s in enumerate(strengths):
             if i == 3:
-                factors.append(_uniform(n, -s, s, generator, device))
+                factors.append(_uniform(-s, s, rng))
             else:
-                factors.append(_uniform(n, max(0.0, 1 - s), 1 + s, generator, device))
+                factors.append(_uniform(max(0.0, 1 - s), 1 + s, rng))
         # A random order of the four operations per sample (ColorJitter draws randperm(4)).
-        order = torch.argsort(torch.rand(n, 4, generator=generator, device=device), dim=1)
+        order = torch.argsort(rng.rand(4), dim=1)
         for slot in range(4):
             for op in ops:
                 chosen = torch.nonzero(jitter & (order[:, slot] == op)).squeeze(1)
                 if chosen.numel():
                     x[chosen] = _JITTER[op](x[chosen], factors[op][chosen])
     if spec.gray_prob > 0 and spec.channels == 3:
-        gray = _coin(n, spec.gray_prob, generator, device)
+        gray = _coin(spec.gray_prob, rng)
         x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
     if spec.blur_prob > 0:
-        blur = _coin(n, spec.blur_prob, generator, device)
-        sigma = _uniform(n, spec.blur_sigma[0], spec.blur_sigma[1], generator, device)
+        blur = _coin(spec.blur_prob, rng)
+        sigma = _uniform(spec.blur_sigma[0], spec.blur_sigma[1], rng)
         chosen = torch.nonzero(blur).squeeze(1)
         if chosen.numel():
             x[chosen] = gaussian_blur(x[chosen], spec.blur_kernel, sigma[chosen])
     if spec.solarize_prob > 0:
-        sol = _coin(n, spec.solarize_prob, generator, device)
+        sol = _coin(spec.solarize_prob, rng)
         solarized = torch.where(x >= spec.solarize_threshold, 1.0 - x, x)
         x = torch.where(sol.view(-1, 1, 1, 1), solarized, x)
     mean = torch.tensor(spec.mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
@@ -294,9 +378,11 @@ def apply_view(crops: torch.Tensor, spec: ViewSpec, generator: torch.Generator) 
 
 
 class BatchedViews:
-    """Multi-view augmentation of a whole batch: ``(canvas, sizes) -> [view_0, ...]``, each
-    view ``(B, C, size, size)`` float32, in the order of ``specs``.
+    """Multi-view augmentation of a whole batch: ``(canvas, sizes, seeds) -> [view_0, ...]``,
+    each view ``(B, C, size, size)`` float32, in the order of ``specs``.
 
+    ``seeds`` (B,) int64 are the samples' own seeds (from :class:`selfsup.data.EpochSampler`):
+    view v of a sample depends only on its pixels, its seed and v (:class:`SampleRNG`).
     Views with the same spec (the local crops of multi-crop) are made together.
     """
 
@@ -306,23 +392,25 @@ class BatchedViews:
         self.specs = list(specs)
 
     def __call__(
-        self, canvas: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator
+        self, canvas: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor
     ) -> list[torch.Tensor]:
         b = canvas.shape[0]
         device = canvas.device
+        if seeds.shape != (b,):
+            raise ValueError(f"BatchedViews: {b} images but seeds of shape {tuple(seeds.shape)}")
         image = canvas.float().div_(255.0) if canvas.dtype == torch.uint8 else canvas.float()
         sizes = sizes.to(device)
+        seeds = seeds.to(device)
         groups: dict[ViewSpec, list[int]] = {}
         for i, spec in enumerate(self.specs):
             groups.setdefault(spec, []).append(i)
         views: list[torch.Tensor | None] = [None] * len(self.specs)
         for spec, positions in groups.items():
             k = len(positions)
-            boxes = crop_params(sizes.repeat(k, 1), spec.scale, spec.ratio, generator)
+            rng = SampleRNG.for_views(seeds, positions)
+            boxes = crop_params(sizes.repeat(k, 1), spec.scale, spec.ratio, rng)
             crops = resized_crops(image, boxes.view(k, b, 4), spec.size)
-            out = apply_view(
-                crops.reshape(k * b, *crops.shape[2:]).clamp_(0.0, 1.0), spec, generator
-            )
+            out = apply_view(crops.reshape(k * b, *crops.shape[2:]).clamp_(0.0, 1.0), spec, rng)
             for j, pos in enumerate(positions):
                 views[pos] = out[j * b : (j + 1) * b]
         return [v for v in views if v is not None]
