@@ -158,7 +158,8 @@ def test_method_centre_moves_in_on_step_end_by_the_teacher_batch_mean() -> None:
 )
 def test_teacher_temperature_warmup(progress: float, want: float) -> None:
     assert teacher_temperature(progress, 0.04, 0.07, 0.1) == pytest.approx(want)
-    method = build("dino", False, "method.warmup_teacher_temp_fraction=0.1")
+    method = build("dino", False, "method.warmup_teacher_temp_fraction=0.1",
+                   "method.teacher_temp=0.07")  # fmt: skip
     assert method.teacher_temp(progress) == pytest.approx(want)
 
 

@@ -1118,8 +1118,11 @@ how it decides:
                     with a weakly trained model; each group keeps its largest image
   outliers          mean cosine distance to the --outlier-k nearest embeddings as a robust
                     z-score (--outlier-z), or a model-free z-score for noise-like and blank
-                    images (--degenerate-z); ranked by the larger of the two, each divided
-                    by its threshold (severity >= 1 is flagged)
+                    images (--degenerate-z), or, in a mostly colour data set, a colourless
+                    image whose --outlier-k nearest embeddings are colourless far more often
+                    than chance (p <= 0.001: a group from another source, e.g. X-rays);
+                    ranked by the largest, each divided by its threshold (severity >= 1 is
+                    flagged)
 
 tuning:
   too many false near duplicates (similar but distinct images): lower --hash-bits (6);

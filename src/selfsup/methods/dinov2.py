@@ -41,6 +41,8 @@ class DINOv2Config(DINOConfig):
     the patch targets, as in DINOv2."""
 
     name: str = "dinov2"
+    # DINOv2 warms the teacher temperature up to 0.07 (measured here with it).
+    teacher_temp: float = 0.07
     # iBOT head on the patch tokens: its own weights (DINOv2: untying the two heads helps at
     # every scale, Sec. 4) or the DINO head's (iBOT's choice: False).
     ibot_separate_head: bool = True
