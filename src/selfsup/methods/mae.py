@@ -57,8 +57,10 @@ class MAE(Method):
     """MAE: hide a random 75% of the patches, encode only the visible ones (with the class
     token) through the ViT, and let a light decoder predict the pixels of the hidden ones.
 
-    The representation is the encoder's class token on the whole, unmasked image (the paper's
-    linear-probing protocol). The encoder keeps the timm ViT's learned position embeddings
+    The representation is what the backbone pools on the whole, unmasked image: the class
+    token by default (the paper's linear-probing protocol), or the mean of the normalised
+    patch tokens with timm's ``global_pool="avg", fc_norm=False`` (configs/mae_cifar10.yaml:
+    much better for kNN after short runs, see docs/benchmarks.md). The encoder keeps the timm ViT's learned position embeddings
     (the paper's encoder uses fixed sine-cosine ones; its decoder's are fixed here too).
     """
 
