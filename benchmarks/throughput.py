@@ -109,7 +109,9 @@ def selfsup_train(a: argparse.Namespace, precision: str, augment: str = "cpu") -
             "peak_mib": summary["peak_memory_mb"]}  # fmt: skip
 
 
-def selfsup_model(a: argparse.Namespace, precision: str, channels_last: bool) -> dict[str, float]:
+def selfsup_model(
+    a: argparse.Namespace, precision: str, channels_last: bool, compile: bool = False
+) -> dict[str, float]:
     import selfsup
     from selfsup.eval.features import autocast
     from selfsup.methods.base import StepInfo
@@ -118,19 +120,23 @@ def selfsup_model(a: argparse.Namespace, precision: str, channels_last: bool) ->
     m = selfsup.create_method("simclr", image_size=32)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
+    if compile:
+        m.compile()  # what train.compile=true does (the first steps below pay for it)
     opt = torch.optim.SGD(m.parameters(), lr=0.06, momentum=0.9)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     views = [torch.randn(a.batch_size, 3, 32, 32).contiguous(memory_format=fmt) for _ in range(2)]
     dev = torch.device("cpu")
-    images, t0, first = 0, time.perf_counter(), True
-    while time.perf_counter() - t0 < a.seconds:
+    # Untimed warm-up steps: one (three when compiling: tracing and recompiles).
+    images, t0, warm_up = 0, time.perf_counter(), 3 if compile else 1
+    while time.perf_counter() - t0 < a.seconds or warm_up:
         with autocast(dev, precision):
             loss, _ = m.training_step(views, StepInfo(0, 0.0))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if first:
-            t0, first = time.perf_counter(), False
+        if warm_up:
+            warm_up -= 1
+            t0 = time.perf_counter()
             continue
         images += a.batch_size
     return {"img_per_s": images / (time.perf_counter() - t0)}
@@ -193,6 +199,8 @@ def main() -> None:
     p.add_argument("--lightly-python", default=sys.executable,
                    help="a python that can import lightly (default: this one)")  # fmt: skip
     p.add_argument("--skip-lightly", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the model step under torch.compile (train.compile=true)")  # fmt: skip
     p.add_argument("--parts", default="train,model,data",
                    help="which measurements: any of train, model, data (default: all)")  # fmt: skip
     a = p.parse_args()
@@ -217,6 +225,9 @@ def main() -> None:
         show("selfsup model only (fp32)", selfsup_model(a, "fp32", False))
         show("selfsup model only (fp32, channels_last)", selfsup_model(a, "fp32", True))
         show("selfsup model only (bf16, channels_last)", selfsup_model(a, "bf16", True))
+        if a.compile:
+            show("selfsup model only (bf16, cl, torch.compile)",
+                 selfsup_model(a, "bf16", True, compile=True))  # fmt: skip
     if "data" in parts:
         if lightly:
             show("lightly data only", run_lightly(a.lightly_python, "data", a))

@@ -49,6 +49,9 @@ def test_loss_stuck_at_chance() -> None:
     assert not loss_stuck(chance * 0.8, chance, progress=0.5, step=1000)
     assert not loss_stuck(chance, chance, progress=0.05, step=1000)  # too early to judge
     assert not loss_stuck(chance, chance, progress=0.5, step=20)  # too few steps
+    assert not loss_stuck(chance, chance, progress=0.3, step=150)  # short run, judged later
+    assert loss_stuck(chance, chance, progress=0.5, step=150)  # ... once half of it has gone
+    assert not loss_stuck(chance, chance, progress=0.9, step=49)
     assert not loss_stuck(chance, None, progress=0.5, step=1000)
 
 

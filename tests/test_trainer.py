@@ -233,3 +233,43 @@ def test_crop_larger_than_images_is_refused(folder: Path, tmp_path: Path) -> Non
         selfsup.pretrain(
             "simclr", data=str(folder), out=tmp_path / "u", steps=1, image_size=64, **kw
         )
+
+
+def _data_wait(run: Path) -> float:
+    with open(run / "metrics.csv") as f:
+        rows = [float(r["data_wait"]) for r in csv.DictReader(f)][1:]  # past the first step
+    return sum(rows) / len(rows)
+
+
+def test_data_wait_counts_the_loader_not_the_augmentation(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from selfsup.data import ImageDataset
+    from selfsup.transforms.batched import BatchedViews
+
+    # Batched augmentation is device work: slow augmentation is not waiting on data.
+    real_aug = BatchedViews.__call__
+
+    def slow_aug(self: BatchedViews, *args: Any) -> Any:
+        time.sleep(1.0)
+        return real_aug(self, *args)
+
+    monkeypatch.setattr(BatchedViews, "__call__", slow_aug)
+    kw = dict(TINY, overrides=[*TINY["overrides"], "data.augment=device"])  # type: ignore[list-item]
+    run = tmp_path / "aug"
+    selfsup.pretrain("simclr", data=str(folder), out=run, steps=4, workers=0, **kw)
+    assert _data_wait(run) < 0.25
+    # A slow loader is.
+    real_item = ImageDataset.__getitem__
+
+    def slow_item(self: ImageDataset, i: int) -> Any:
+        time.sleep(1.0 / 8)
+        return real_item(self, i)
+
+    monkeypatch.setattr(BatchedViews, "__call__", real_aug)
+    monkeypatch.setattr(ImageDataset, "__getitem__", slow_item)
+    run = tmp_path / "load"
+    selfsup.pretrain("simclr", data=str(folder), out=run, steps=4, workers=0, **kw)
+    assert _data_wait(run) > 0.5

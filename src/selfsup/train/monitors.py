@@ -66,12 +66,18 @@ def collapse_stats(features: torch.Tensor) -> CollapseStats:
 
 # Contrastive losses leave chance level within their first hundred steps when learning.
 STUCK_MIN_STEPS = 200
+# A short run (a 15-minute multi-crop run on a CPU has ~150 steps) is judged once half its
+# budget has gone and it has made at least this many steps.
+STUCK_MIN_STEPS_SHORT = 50
 
 
 def loss_stuck(loss: float, chance: float | None, progress: float, step: int) -> bool:
     """A contrastive loss still within CHANCE_MARGIN of its chance level (log of the number
-    of candidates) after the first 10% of the budget and STUCK_MIN_STEPS steps."""
-    if chance is None or progress < 0.1 or step < STUCK_MIN_STEPS or not math.isfinite(loss):
+    of candidates) after the first 10% of the budget and STUCK_MIN_STEPS steps, or after
+    half the budget and STUCK_MIN_STEPS_SHORT steps."""
+    if chance is None or progress < 0.1 or not math.isfinite(loss):
+        return False
+    if step < STUCK_MIN_STEPS and not (progress >= 0.5 and step >= STUCK_MIN_STEPS_SHORT):
         return False
     return abs(loss - chance) <= CHANCE_MARGIN * chance
 

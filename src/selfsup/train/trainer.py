@@ -502,6 +502,9 @@ class Trainer:
                             except StopIteration:
                                 exhausted = True
                                 break
+                            # Data wait: time blocked on the loader only. Batched augmentation
+                            # below is device work and counts with the step.
+                            window_wait += time.perf_counter() - tick
                             if batched is not None:
                                 # Each sample's views come from its own seed (run, epoch,
                                 # position): independent of workers, ranks and resuming.
@@ -512,7 +515,6 @@ class Trainer:
                                     )
                             else:
                                 views, labels, skipped = batch
-                            window_wait += time.perf_counter() - tick
                             skipped_files += len(skipped)
                             if skipped and skipped_file is not None:
                                 with open(skipped_file, "a") as f:
