@@ -37,7 +37,7 @@ def tiny_backbone(dim: int = 8) -> Backbone:
 
 
 def tiny_swav(seed: int = 0, **kw: Any) -> SwAV:
-    opts: dict[str, Any] = dict(proj_hidden_dim=16, proj_output_dim=8, num_prototypes=6)
+    opts: dict[str, Any] = dict(proj_hidden_dim=16, proj_output_dim=8, num_prototypes=12)
     opts["views"] = MultiCropConfig(global_crops=2, local_crops=kw.pop("local_crops", 2))
     opts.update(kw)
     torch.manual_seed(seed)
@@ -340,7 +340,7 @@ def test_swav_prototypes_frozen_then_trained() -> None:
 
 def test_swav_prototypes_stay_unit_norm() -> None:
     method = tiny_swav(freeze_prototypes=0.0)
-    ones = torch.ones(6)
+    ones = torch.ones(12)
     assert torch.allclose(method.prototypes.weight.norm(dim=1), ones, atol=1e-6)
     opt = torch.optim.SGD(method.parameters(), lr=1.0)
     for step in range(3):
@@ -437,7 +437,7 @@ def _dist_inputs() -> dict[str, torch.Tensor]:
         "x1": torch.randn(N, DIM, generator=g),
         "w": torch.randn(DIM, DIM, generator=g),
         "queue": torch.randn(2, N, 8, generator=g),
-        "scores": torch.randn(N, 6, generator=g).clamp(-1, 1),
+        "scores": torch.randn(N, 12, generator=g).clamp(-1, 1),
     }
 
 
@@ -500,7 +500,28 @@ def test_losses_use_the_global_batch_across_two_processes(tmp_path: Path) -> Non
 def test_swav_chance_loss_is_the_loss_of_equal_prototype_scores() -> None:
     m = tiny_swav()
     g = torch.Generator().manual_seed(0)
-    scores = [torch.full((4, 6), 0.3) for _ in range(4)]
-    codes = [torch.softmax(torch.randn(4, 6, generator=g), dim=1) for _ in range(2)]
+    scores = [torch.full((4, 12), 0.3) for _ in range(4)]
+    codes = [torch.softmax(torch.randn(4, 12, generator=g), dim=1) for _ in range(2)]
     assert float(m.criterion(scores, codes)) == pytest.approx(m.chance_loss(4), rel=1e-5)
-    assert m.chance_loss(4) == pytest.approx(math.log(6))
+    assert m.chance_loss(4) == pytest.approx(math.log(12))
+
+
+def test_swav_warns_when_embeddings_can_dodge_every_prototype() -> None:
+    # With K <= D prototypes, a unit embedding in their orthogonal complement scores 0 against
+    # all of them: the prediction is uniform and the loss is log(K) whatever the codes.
+    with pytest.warns(UserWarning, match="orthogonal"):
+        m = tiny_swav(num_prototypes=6)
+    c = m.prototypes.weight.detach()  # (6, 8)
+    null = torch.linalg.svd(c).Vh[-1]  # a direction orthogonal to the 6 prototypes
+    z = torch.nn.functional.normalize(null.expand(4, 8), dim=1)
+    scores = [m.scores(z) for _ in range(3)]
+    assert scores[0].abs().max() < 1e-5
+    g = torch.Generator().manual_seed(1)
+    codes = [torch.softmax(torch.randn(4, 6, generator=g) * 5, dim=1) for _ in range(2)]
+    assert float(m.criterion(scores, codes)) == pytest.approx(math.log(6), rel=1e-5)
+    # With more prototypes than dimensions there is no such direction: no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_swav(num_prototypes=12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,11 +39,11 @@ class SwAVConfig(MethodConfig):
     # Paper: 2048 hidden, 128 out.
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 128
-    # Number of prototypes K. Paper: 3000 on ImageNet (about 3x the classes). For CIFAR-10
-    # ~10x the classes and at most the batch size keeps Sinkhorn's equipartition meaningful
-    # without a queue; the paper finds results insensitive to K once it is large enough.
-    # Raise it (solo-learn uses 3000 on CIFAR) together with the queue or a larger batch.
-    num_prototypes: int = 100
+    # Number of prototypes K: more than proj_output_dim, or an embedding orthogonal to all
+    # of them makes the loss constant (see __init__). Paper: 3000 on ImageNet, and the
+    # results are insensitive to K once it is large enough; solo-learn uses 3000 on CIFAR.
+    # Sinkhorn's soft codes (epsilon) keep it meaningful with batches far smaller than K.
+    num_prototypes: int = 3000
     # Softmax temperature of the swapped predictions (paper: 0.1).
     temperature: float = 0.1
     # Sinkhorn-Knopp entropy regularisation and iterations (paper: 0.05 and 3). Lower
@@ -93,6 +94,18 @@ class SwAV(Method):
                     f"method.{key} is a fraction of the training budget in [0, 1], got "
                     f"{getattr(cfg, key)}"
                 )
+        if cfg.num_prototypes <= cfg.proj_output_dim:
+            # K unit prototypes span at most K dimensions: an embedding in the orthogonal
+            # complement scores 0 against every prototype, the prediction is uniform and the
+            # loss is log(K) whatever the codes, a fixed point the training can settle in
+            # (measured: K = 100, D = 128 sat at log(100) for 15 minutes; K = 3000 learned).
+            warnings.warn(
+                f"SwAV with method.num_prototypes={cfg.num_prototypes} <= "
+                f"method.proj_output_dim={cfg.proj_output_dim}: embeddings can be orthogonal "
+                "to every prototype (loss stuck at log(num_prototypes)); use more prototypes "
+                "than embedding dimensions (the paper: 3000 for 128)",
+                stacklevel=2,
+            )
         self.projection_head = MLP(
             [backbone.embed_dim, cfg.proj_hidden_dim, cfg.proj_output_dim], batch_norm=True
         )
