@@ -11,20 +11,16 @@ import torch
 from torch import nn
 
 import selfsup
+from selfsup.backbones.vit_tools import forward_any_size, last_block_attention
 from selfsup.config import ConfigError
 from selfsup.heads.dino import DINOHead
 from selfsup.losses.dino import DINOLoss, update_center
 from selfsup.losses.ibot import IBOTPatchLoss
 from selfsup.losses.koleo import KoLeoLoss
 from selfsup.methods.base import StepInfo
-from selfsup.methods.dino import (
-    DINO,
-    encode,
-    last_block_attention,
-    teacher_temperature,
-    vit_local_size,
-)
+from selfsup.methods.dino import DINO, teacher_temperature
 from selfsup.methods.dinov2 import DINOv2, masks_for_batch
+from selfsup.modules import vit_local_size
 from selfsup.transforms import MultiCropConfig
 
 SIZE = 16
@@ -399,16 +395,16 @@ def test_dinov2_shared_head_and_vit_only() -> None:
 # ----------------------------------------------------------------------------- ViTs
 
 
-def test_encode_takes_local_crops_like_timm_dynamic_size() -> None:
+def test_forward_any_size_takes_local_crops_like_timm_dynamic_size() -> None:
     import timm
 
     method = build("dino", True)
     bb = method.backbone
     net: Any = bb.net
     x = torch.randn(2, 3, SIZE, SIZE)
-    torch.testing.assert_close(encode(bb, x), bb(x))
+    torch.testing.assert_close(forward_any_size(bb, x), bb(x))
     small = torch.randn(2, 3, 8, 8)
-    got = encode(bb, small)
+    got = forward_any_size(bb, small)
     # The backbone is left as it was (a fixed input size).
     assert not net.dynamic_img_size and net.patch_embed.strict_img_size
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=SIZE,
@@ -417,7 +413,7 @@ def test_encode_takes_local_crops_like_timm_dynamic_size() -> None:
     ref.train(net.training)
     torch.testing.assert_close(got, ref(small))
     with pytest.raises(ConfigError, match="local_size"):
-        encode(bb, torch.randn(2, 3, 6, 6))
+        forward_any_size(bb, torch.randn(2, 3, 6, 6))
 
 
 def test_vit_local_crops_tile_into_patches() -> None:

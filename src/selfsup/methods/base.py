@@ -17,6 +17,7 @@ from torch import nn
 
 from selfsup.backbones import Backbone
 from selfsup.config import MethodConfig
+from selfsup.modules import ema_update
 from selfsup.transforms import MultiView
 
 
@@ -75,9 +76,31 @@ class Method(nn.Module):
         """Called after gradients are computed and before the optimiser step, e.g. to
         cancel the gradients of a layer frozen early in training (DINO, SwAV)."""
 
+    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The (student, teacher) module pairs of an EMA (momentum) teacher, each teacher a
+        :func:`~selfsup.modules.frozen_copy` of its student; :meth:`on_step_end` moves every
+        teacher towards its student. Default: none."""
+        return []
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        """EMA momentum of the teachers at the end of the step ``info`` (1: frozen, 0: a
+        copy of the student). Needed by methods that declare :meth:`teacher_pairs`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares teacher_pairs() but no teacher_momentum()"
+        )
+
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:
-        """Called after each optimiser step, e.g. for EMA teacher updates."""
+        """Called after each optimiser step: ``teacher <- m * teacher + (1 - m) * student``
+        for every pair of :meth:`teacher_pairs`, ``m = teacher_momentum(info)``, buffers
+        (BatchNorm statistics) copied from the student. Methods with more to do at the end
+        of a step (queues, centres) override this and call ``super().on_step_end(info)``."""
+        pairs = self.teacher_pairs()
+        if not pairs:
+            return
+        m = self.teacher_momentum(info)
+        for student, teacher in pairs:
+            ema_update(teacher, student, m)
 
     def default_transform(
         self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3

@@ -3,7 +3,6 @@ Latent: A New Approach to Self-Supervised Learning")."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,35 +14,9 @@ from selfsup.config import MethodConfig
 from selfsup.heads import MLP
 from selfsup.losses.negative_cosine import NegativeCosineLoss
 from selfsup.methods.base import Method, StepInfo
-from selfsup.modules import ema_update, frozen_copy
+from selfsup.modules import frozen_copy
 from selfsup.registry import register_method
-from selfsup.transforms import MultiView, ViewsConfig, two_views
-from selfsup.transforms.views import BLUR_MIN_SIZE
-
-
-def byol_views() -> ViewsConfig:
-    """BYOL's asymmetric augmentation (Grill et al., 2020, Table 6): crops from 8% of the
-    image, flip, colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale 0.2, blur 1.0 /
-    0.1 and solarisation 0 / 0.2 for the two views. ``blur_prob=None`` is resolved by
-    :func:`resolve_byol_blur` from the image size."""
-    return ViewsConfig(
-        min_scale=0.08,
-        cj_strength=0.5,
-        cj_prob=0.8,
-        cj_ratios=[0.8, 0.8, 0.4, 0.2],
-        gray_prob=0.2,
-        blur_prob=None,
-        solarize_prob=[0.0, 0.2],
-    )
-
-
-def resolve_byol_blur(views: ViewsConfig, image_size: int) -> ViewsConfig:
-    """Unset ``blur_prob``: BYOL's [1.0, 0.1] above 64 px; none at or below, where blur
-    destroys most of a CIFAR-sized image (SimCLR, Appendix B.9)."""
-    if views.blur_prob is not None:
-        return views
-    blur = [1.0, 0.1] if image_size > BLUR_MIN_SIZE else [0.0]
-    return dataclasses.replace(views, blur_prob=blur)
+from selfsup.transforms import MultiView, ViewsConfig, byol_views, resolve_byol_blur, two_views
 
 
 @dataclass
@@ -121,11 +94,14 @@ class BYOL(Method):
         loss = self.criterion(p0, z1) + self.criterion(p1, z0)
         return loss, {"loss": loss.detach()}
 
-    @torch.no_grad()
-    def on_step_end(self, info: StepInfo) -> None:
-        m = self.momentum_at(info.progress)
-        ema_update(self.target_backbone, self.backbone, m)
-        ema_update(self.target_projection_head, self.projection_head, m)
+    def teacher_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [
+            (self.backbone, self.target_backbone),
+            (self.projection_head, self.target_projection_head),
+        ]
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        return self.momentum_at(info.progress)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.backbone, self.projection_head, self.predictor]

@@ -3,12 +3,10 @@ Self-Supervised Vision Transformers", ICCV 2021)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +15,14 @@ from torch import nn
 from selfsup import schedules
 from selfsup.backbones import Backbone
 from selfsup.backbones.vit import ViTBackbone
+from selfsup.backbones.vit_tools import forward_any_size, last_block_attention
 from selfsup.config import ConfigError, MethodConfig
 from selfsup.heads.dino import DINOHead
 from selfsup.losses.dino import DINOLoss, update_center
 from selfsup.methods.base import Method, StepInfo
-from selfsup.modules import ema_update, frozen_copy
+from selfsup.modules import forward_multi_crop, frozen_copy, vit_local_size
 from selfsup.registry import register_method
 from selfsup.transforms import MultiCropConfig, MultiView, multi_crop
-from selfsup.transforms.views import local_crop_size
 
 
 def dino_crops() -> MultiCropConfig:
@@ -108,100 +106,7 @@ def check_teacher_temps(cfg: DINOConfig) -> None:
         )
 
 
-# ----------------------------------------------------------------------------- ViT helpers
-
-
-@contextlib.contextmanager
-def _any_input_size(net: Any) -> Iterator[None]:
-    """Let a timm ViT built for one image size take any size (a multiple of the patch
-    size) by resampling its position embeddings, as timm's ``dynamic_img_size`` does; the
-    model's settings are restored afterwards."""
-    from timm.layers.format import Format
-
-    pe = net.patch_embed
-    saved = (net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt)
-    net.dynamic_img_size, pe.strict_img_size, pe.flatten = True, False, False
-    pe.output_fmt = Format.NHWC
-    try:
-        yield
-    finally:
-        net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = saved
-
-
-def encode(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """``backbone(x)`` -> (B, D) at any input size: ViTs built for the global crop size
-    take the smaller local crops of multi-crop with interpolated position embeddings (as in
-    DINO's ``interpolate_pos_encoding``); other backbones pool over any size already."""
-    if isinstance(backbone, ViTBackbone):
-        net: Any = backbone.net
-        native = getattr(net.patch_embed, "img_size", None)
-        dynamic = bool(getattr(net, "dynamic_img_size", False))
-        if native is not None and not dynamic and tuple(x.shape[-2:]) != tuple(native):
-            p = backbone.patch_size
-            if x.shape[-2] % p or x.shape[-1] % p:
-                raise ConfigError(
-                    f"crops of {x.shape[-2]}x{x.shape[-1]} px do not tile into the ViT's "
-                    f"{p} px patches; set method.views.local_size to a multiple of {p}."
-                )
-            with _any_input_size(net):
-                out: torch.Tensor = backbone(x)
-            return out
-    out = backbone(x)
-    return out
-
-
-def encode_crops(backbone: Backbone, views: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(V*B, D) features of V crops, one forward pass per run of same-sized crops (the
-    global crops together, the local crops together), in the order of ``views``."""
-    out: list[torch.Tensor] = []
-    i = 0
-    while i < len(views):
-        j = i + 1
-        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-            j += 1
-        out.append(encode(backbone, torch.cat(list(views[i:j]))))
-        i = j
-    return torch.cat(out)
-
-
-def last_block_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.Tensor:
-    """Self-attention of the class token to the patches in the last block, averaged over
-    heads: (B, C, H, W) -> (B, H / patch, W / patch) (DINO, Fig. 1 and Sec. 4.2.1)."""
-    return last_block_head_attention(backbone, images).mean(dim=1)
-
-
-def last_block_head_attention(backbone: ViTBackbone, images: torch.Tensor) -> torch.Tensor:
-    """Self-attention of the class token to the patches in the last block, one map per
-    head: (B, C, H, W) -> (B, heads, H / patch, W / patch) (DINO, Fig. 3)."""
-    net: Any = backbone.net
-    block = net.blocks[-1]
-    attn = getattr(block, "attn", None)
-    if not hasattr(block, "norm1") or attn is None or not hasattr(attn, "qkv"):
-        raise TypeError(
-            f"{backbone.name}: the last block has no norm1/attn.qkv (a timm ViT Block), so its "
-            "attention cannot be read"
-        )
-    captured: list[torch.Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.append(args[0])
-
-    handle = block.register_forward_pre_hook(grab)
-    try:
-        encode(backbone, images)
-    finally:
-        handle.remove()
-    x = block.norm1(captured[-1])
-    b, n, _ = x.shape
-    heads = int(attn.num_heads)
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = qkv[0], qkv[1]
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    a = ((q.float() * float(attn.scale)) @ k.float().transpose(-2, -1)).softmax(dim=-1)
-    cls = a[:, :, 0, backbone.num_prefix_tokens :]  # (B, heads, N)
-    p = backbone.patch_size
-    out: torch.Tensor = cls.reshape(b, heads, images.shape[-2] // p, images.shape[-1] // p)
-    return out
+# ----------------------------------------------------------------------------- pictures
 
 
 def attention_overlay(images: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -226,23 +131,6 @@ def attention_overlay(images: torch.Tensor, heat: torch.Tensor, alpha: float = 0
     black = x.amin(dim=(0, 2, 3), keepdim=True)
     white = x.amax(dim=(0, 2, 3), keepdim=True)
     return (1 - alpha) * x + alpha * (black + colour * (white - black))
-
-
-def vit_local_size(cfg: MultiCropConfig, image_size: int, backbone: Backbone) -> MultiCropConfig:
-    """The crop config with a local crop size that tiles into the ViT's patches: unset, 3/7
-    of the image rounded to whole patches; set, it must be a multiple of the patch size."""
-    if not isinstance(backbone, ViTBackbone) or cfg.local_crops == 0:
-        return cfg
-    p = backbone.patch_size
-    if cfg.local_size is None:
-        size = max(p, round(local_crop_size(cfg, image_size) / p) * p)
-        return dataclasses.replace(cfg, local_size=size)
-    if cfg.local_size % p:
-        raise ConfigError(
-            f"method.views.local_size={cfg.local_size} is not a multiple of the ViT's patch "
-            f"size {p}; use e.g. {max(p, round(cfg.local_size / p) * p)}."
-        )
-    return cfg
 
 
 # ----------------------------------------------------------------------------- method
@@ -298,7 +186,7 @@ class DINO(Method):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> student logits (B, out_dim)."""
-        out: torch.Tensor = self.head(encode(self.backbone, x))
+        out: torch.Tensor = self.head(forward_any_size(self.backbone, x))
         return out
 
     def training_step(
@@ -314,7 +202,7 @@ class DINO(Method):
         with torch.no_grad():
             t = self.teacher_head(self.teacher_backbone(torch.cat(list(views[:g]))))
         # The head sees every crop in one batch (its BatchNorm, if any, too), as the paper.
-        s = self.head(encode_crops(self.backbone, views))
+        s = self.head(forward_multi_crop(partial(forward_any_size, self.backbone), views))
         loss = self.criterion(torch.split(s, b), torch.split(t, b), self.center, temp)
         self._teacher_logits = t.detach()
         return loss, {"loss": loss.detach(), "teacher_temp": torch.tensor(temp)}
@@ -336,11 +224,15 @@ class DINO(Method):
                 if p.grad is not None:
                     p.grad.zero_()
 
+    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        return self.momentum(info.progress)
+
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:
-        m = self.momentum(info.progress)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_head, self.head, m)
+        super().on_step_end(info)
         if self._teacher_logits is not None:
             update_center(self.center, self._teacher_logits, self.cfg.center_momentum)
             self._teacher_logits = None

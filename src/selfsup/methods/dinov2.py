@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from selfsup import schedules
 from selfsup.backbones import Backbone
 from selfsup.backbones.vit import ViTBackbone
+from selfsup.backbones.vit_tools import forward_any_size, last_block_attention
 from selfsup.config import ConfigError
 from selfsup.heads.dino import DINOHead
 from selfsup.losses.dino import DINOLoss, update_center
@@ -24,12 +26,9 @@ from selfsup.methods.dino import (
     DINOConfig,
     attention_overlay,
     check_teacher_temps,
-    encode_crops,
-    last_block_attention,
     teacher_temperature,
-    vit_local_size,
 )
-from selfsup.modules import block_mask, ema_update, frozen_copy
+from selfsup.modules import block_mask, forward_multi_crop, frozen_copy, vit_local_size
 from selfsup.registry import register_method
 from selfsup.transforms import MultiView, multi_crop
 
@@ -200,7 +199,8 @@ class DINOv2(Method):
         s_cls_global = bb.pool(s_tokens)  # (gB, D)
         s_cls = s_cls_global
         if len(views) > g:
-            s_cls = torch.cat([s_cls_global, encode_crops(bb, views[g:])])
+            local = forward_multi_crop(partial(forward_any_size, bb), views[g:])
+            s_cls = torch.cat([s_cls_global, local])
         s_dino = self.dino_head(s_cls)
         s_patches = self.ibot_head(s_tokens[:, p:][mask])  # (M, K')
 
@@ -232,13 +232,21 @@ class DINOv2(Method):
                     if q.grad is not None:
                         q.grad.zero_()
 
+    def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs: list[tuple[nn.Module, nn.Module]] = [
+            (self.backbone, self.teacher_backbone),
+            (self.dino_head, self.teacher_dino_head),
+        ]
+        if self.cfg.ibot_separate_head:  # a shared head is updated once, with the DINO head
+            pairs.append((self.ibot_head, self.teacher_ibot_head))
+        return pairs
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        return self.momentum(info.progress)
+
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:
-        m = self.momentum(info.progress)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_dino_head, self.dino_head, m)
-        if self.cfg.ibot_separate_head:
-            ema_update(self.teacher_ibot_head, self.ibot_head, m)
+        super().on_step_end(info)
         if self._teacher_cls is not None:
             update_center(self.center, self._teacher_cls, self.cfg.center_momentum)
         # Called even with no hidden patch here: the centre is a mean over all ranks.

@@ -17,7 +17,7 @@ from selfsup.config import MethodConfig
 from selfsup.heads import MLP
 from selfsup.losses.infonce import InfoNCELoss
 from selfsup.methods.base import Method, StepInfo
-from selfsup.modules import FeatureQueue, ema_update, frozen_copy
+from selfsup.modules import FeatureQueue, frozen_copy
 from selfsup.registry import register_method
 from selfsup.transforms import MultiView, ViewsConfig, two_views
 
@@ -140,11 +140,18 @@ class MoCoV2(Method):
         # The positive among queue_size negatives.
         return math.log(self.cfg.queue_size + 1)
 
+    def teacher_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [
+            (self.backbone, self.momentum_backbone),
+            (self.projection_head, self.momentum_projection_head),
+        ]
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        return self.momentum_at(info.progress)
+
     @torch.no_grad()
     def on_step_end(self, info: StepInfo) -> None:
-        m = self.momentum_at(info.progress)
-        ema_update(self.momentum_backbone, self.backbone, m)
-        ema_update(self.momentum_projection_head, self.projection_head, m)
+        super().on_step_end(info)
         if self._pending_keys is not None:
             self.queue.enqueue(self._pending_keys)
             self._pending_keys = None

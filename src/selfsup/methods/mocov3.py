@@ -16,10 +16,9 @@ from selfsup.config import MethodConfig
 from selfsup.heads import MLP
 from selfsup.losses.infonce import InfoNCELoss
 from selfsup.methods.base import Method, StepInfo
-from selfsup.methods.byol import byol_views, resolve_byol_blur
-from selfsup.modules import ema_update, frozen_copy
+from selfsup.modules import frozen_copy
 from selfsup.registry import register_method
-from selfsup.transforms import MultiView, ViewsConfig, two_views
+from selfsup.transforms import MultiView, ViewsConfig, byol_views, resolve_byol_blur, two_views
 
 
 @dataclass
@@ -122,11 +121,14 @@ class MoCoV3(Method):
         # Two directions of 2t-scaled InfoNCE over batch_size keys.
         return 2 * 2.0 * self.cfg.temperature * math.log(batch_size)
 
-    @torch.no_grad()
-    def on_step_end(self, info: StepInfo) -> None:
-        m = self.momentum_at(info.progress)
-        ema_update(self.momentum_backbone, self.backbone, m)
-        ema_update(self.momentum_projection_head, self.projection_head, m)
+    def teacher_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [
+            (self.backbone, self.momentum_backbone),
+            (self.projection_head, self.momentum_projection_head),
+        ]
+
+    def teacher_momentum(self, info: StepInfo) -> float:
+        return self.momentum_at(info.progress)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.backbone, self.projection_head, self.predictor]

@@ -17,7 +17,7 @@ from selfsup.config import MethodConfig
 from selfsup.heads import MLP
 from selfsup.losses.swav import SwAVLoss
 from selfsup.methods.base import Method, StepInfo
-from selfsup.modules import FeatureQueue, sinkhorn_knopp
+from selfsup.modules import FeatureQueue, forward_multi_crop, sinkhorn_knopp
 from selfsup.registry import register_method
 from selfsup.transforms import MultiCropConfig, MultiView, multi_crop
 
@@ -150,15 +150,8 @@ class SwAV(Method):
     def _embed(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """One forward pass per run of same-sized crops (the global crops share one, the
         local crops another), as in the paper; returns one (B, D) embedding per view."""
-        out: list[torch.Tensor] = []
-        i = 0
-        while i < len(views):
-            j = i + 1
-            while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-                j += 1
-            out.extend(self(torch.cat(list(views[i:j]))).chunk(j - i))
-            i = j
-        return out
+        z = forward_multi_crop(self, views)
+        return list(torch.split(z, [v.shape[0] for v in views]))
 
     def use_queue(self, info: StepInfo) -> bool:
         """Whether this step's codes include the queue: after ``queue_start`` and once the

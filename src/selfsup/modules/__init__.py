@@ -1,8 +1,9 @@
 """Building blocks shared by several methods: EMA teachers, memory queues, Sinkhorn-Knopp,
-patch masking. Pure PyTorch, no training-loop code."""
+patch masking, multi-crop passes. Pure PyTorch, no training-loop code."""
 
 from selfsup.modules.ema import ema_update, frozen_copy
 from selfsup.modules.masking import block_mask, random_masking
+from selfsup.modules.multi_crop import forward_multi_crop, vit_local_size
 from selfsup.modules.queue import FeatureQueue
 from selfsup.modules.sinkhorn import sinkhorn_knopp
 
@@ -10,7 +11,9 @@ __all__ = [
     "FeatureQueue",
     "block_mask",
     "ema_update",
+    "forward_multi_crop",
     "frozen_copy",
     "random_masking",
     "sinkhorn_knopp",
+    "vit_local_size",
 ]

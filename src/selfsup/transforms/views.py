@@ -3,6 +3,7 @@ Twins, VICReg), multi-crop (SwAV, DINO) and the light crops of masked image mode
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -159,6 +160,31 @@ def two_views(
 ) -> MultiView:
     """The two views of SimCLR, MoCo, BYOL, SimSiam, Barlow Twins and VICReg."""
     return views_from_specs([view_spec(cfg, image_size, mean, std, channels, i) for i in range(2)])
+
+
+def byol_views() -> ViewsConfig:
+    """BYOL's asymmetric augmentation (Grill et al., 2020, Table 6), also MoCo v3's: crops
+    from 8% of the image, flip, colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale
+    0.2, blur 1.0 / 0.1 and solarisation 0 / 0.2 for the two views. ``blur_prob=None`` is
+    resolved by :func:`resolve_byol_blur` from the image size."""
+    return ViewsConfig(
+        min_scale=0.08,
+        cj_strength=0.5,
+        cj_prob=0.8,
+        cj_ratios=[0.8, 0.8, 0.4, 0.2],
+        gray_prob=0.2,
+        blur_prob=None,
+        solarize_prob=[0.0, 0.2],
+    )
+
+
+def resolve_byol_blur(views: ViewsConfig, image_size: int) -> ViewsConfig:
+    """Unset ``blur_prob``: BYOL's [1.0, 0.1] above 64 px; none at or below, where blur
+    destroys most of a CIFAR-sized image (SimCLR, Appendix B.9)."""
+    if views.blur_prob is not None:
+        return views
+    blur = [1.0, 0.1] if image_size > BLUR_MIN_SIZE else [0.0]
+    return dataclasses.replace(views, blur_prob=blur)
 
 
 def local_crop_size(cfg: MultiCropConfig, image_size: int) -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from selfsup.backbones.vit import ViTBackbone
+from selfsup.backbones.vit_tools import last_block_head_attention
 from selfsup.config import ConfigError
 from selfsup.data import ImageSource
-from selfsup.methods.dino import last_block_head_attention
 from selfsup.viz.common import (
     Run,
     class_name,
