@@ -113,8 +113,8 @@ def selfsup_model(
     a: argparse.Namespace, precision: str, channels_last: bool, compile: bool = False
 ) -> dict[str, float]:
     import selfsup
-    from selfsup.eval.features import autocast
     from selfsup.methods.base import StepInfo
+    from selfsup.runtime import autocast
 
     torch.set_num_threads(a.threads)
     m = selfsup.create_method("simclr", image_size=32)

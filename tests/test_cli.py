@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -35,6 +36,9 @@ def test_every_command_documents_every_option_with_its_default(
         if len(args) > 1:
             sub = sub._subparsers._group_actions[0].choices[args[1]]  # type: ignore[union-attr]
         for action in sub._actions:
+            # Hidden options (old spellings kept working, e.g. --progress) are not documented.
+            if action.help == argparse.SUPPRESS:
+                continue
             if action.option_strings and action.dest != "help":
                 text_ = action.help or ""
                 assert "default" in text_ or (action.required and "required" in text_), (
@@ -121,3 +125,81 @@ def test_every_pretrain_flag_reaches_the_config() -> None:
     assert keys <= set(api.SHORTCUTS.values())
     cfg = api.make_config("simclr", None, [], augment="device", cache="/tmp/c")
     assert cfg.data.augment == "device" and cfg.data.cache == "/tmp/c"
+
+
+LONG_RUNNING = (
+    ["pretrain"], ["eval", "knn"], ["eval", "linear"], ["eval", "fewshot"], ["eval", "finetune"],
+    ["eval", "scratch"], ["eval", "selftrain"], ["experiment", "label-efficiency"], ["embed"],
+    ["curate"],
+)  # fmt: skip
+
+
+def test_long_running_commands_show_progress_unless_no_progress(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for args in LONG_RUNNING:
+        text = " ".join(_help(args, capsys).split())
+        assert "--no-progress no progress bar (default: shown)" in text, args
+        assert "[--progress]" not in text, args  # the old flag is accepted, not advertised
+
+
+def test_old_progress_flag_still_parses() -> None:
+    for protocol in ("knn", "linear"):
+        a = build_parser().parse_args(
+            ["eval", protocol, "--checkpoint", "r", "--train", "a", "--test", "b", "--progress"]
+        )
+        assert a.progress and not a.no_progress
+
+
+def test_eval_passes_progress_and_floor_to_the_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from selfsup import api, progress
+    from selfsup.eval import KNNResult
+
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def fake(protocol: str, model: str, train: str, test: str, **kw: object) -> api.Evaluation:
+        seen.append((progress.wanted(None), bool(kw["progress"]), bool(kw["floor"])))
+        res = KNNResult(top1=60.0, top5=90.0, k=5, temperature=0.1, n_train=4, n_test=4)
+        floor = KNNResult(top1=50.0, top5=80.0, k=5, temperature=0.1, n_train=4, n_test=4)
+        return api.Evaluation(protocol, res, floor if kw["floor"] else None)
+
+    monkeypatch.setattr(api, "evaluate", fake)
+    base = ["eval", "knn", "--checkpoint", "r", "--train", "a", "--test", "b", "--json"]
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 60.0
+    assert main([*base, "--no-progress", "--floor"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out)[:3] == ["protocol", "checkpoint", "random_init"]
+    assert out["floor"]["top1"] == 50.0 and out["gain_top1"] == 10.0
+    assert main([*base[:-1], "--floor"]) == 0
+    table = capsys.readouterr().out
+    assert "gain over floor (points)" in table and "+10.00" in table
+    assert seen == [(True, True, False), (False, False, True), (True, True, True)]
+    assert progress.wanted(None)  # main() leaves the process default as it found it
+
+
+def test_api_evaluate_adds_the_random_init_floor(tmp_path: Path) -> None:
+    import selfsup
+    from selfsup.config import ConfigError
+
+    data = str(make_images(tmp_path / "imgs", classes=2, per_class=8))
+    run = tmp_path / "run"
+    selfsup.pretrain("simclr", data=data, out=run, steps=1, batch_size=8, image_size=16,
+                     workers=0, progress=False,
+                     overrides=["monitor.knn=false", "method.proj_hidden_dim=32"])  # fmt: skip
+    kw: dict[str, object] = dict(k=5, device="cpu", precision="fp32", progress=False)
+    ev = selfsup.evaluate("knn", run, data, data, floor=True, **kw)
+    assert ev.floor is not None and ev.gain_top1 is not None
+    assert ev.floor.top1 == selfsup.evaluate_knn(run, data, data, random_init=True, **kw).top1
+    assert ev.result.top1 == selfsup.evaluate_knn(run, data, data, **kw).top1
+    assert ev.gain_top1 == pytest.approx(ev.result.top1 - ev.floor.top1)
+    d = ev.as_dict()
+    assert d["protocol"] == "knn" and d["floor"]["top1"] == ev.floor.top1 and "gain_top1" in d
+    plain = selfsup.evaluate("knn", run, data, data, **kw)
+    assert plain.floor is None and "floor" not in plain.as_dict()
+    with pytest.raises(ConfigError, match="run folder"):
+        selfsup.evaluate("knn", selfsup.load_method(run), data, data, floor=True, **kw)
+    with pytest.raises(ConfigError, match="knn or linear"):
+        selfsup.evaluate("fewshot", run, data, data)

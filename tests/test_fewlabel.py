@@ -18,8 +18,8 @@ from selfsup.eval.fewshot import (
     fit_logistic,
     sample_shots,
 )
-from selfsup.eval.finetune import carve_validation, select_pseudo_labels
 from selfsup.eval.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from selfsup.tasks.classification import carve_validation, select_pseudo_labels
 
 
 def test_sample_shots_is_exact_seeded_and_respects_exclusions() -> None:
@@ -107,7 +107,7 @@ def test_logistic_regression_and_l2_choice() -> None:
 def test_finetune_scratch_and_selftrain_end_to_end(tmp_path: Path) -> None:
     import selfsup
     from selfsup import experiments
-    from selfsup.eval.finetune import FinetuneConfig
+    from selfsup.tasks.classification import FinetuneConfig
 
     data = make_images(tmp_path / "imgs", classes=2, per_class=20, size=20)
     run = tmp_path / "run"
@@ -140,7 +140,7 @@ def test_label_efficiency_writes_table_and_resumes_without_recomputing(
 
     import selfsup
     from selfsup import experiments
-    from selfsup.eval.finetune import FinetuneConfig
+    from selfsup.tasks.classification import FinetuneConfig
 
     data = make_images(tmp_path / "imgs", classes=2, per_class=16, size=20)
     run = tmp_path / "run"

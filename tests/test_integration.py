@@ -54,8 +54,8 @@ def test_ssl_ten_shot_linear_beats_scratch_on_the_same_labels(
     from selfsup import experiments
     from selfsup.data import SubsetSource, open_source
     from selfsup.eval.fewshot import choose_l2, fit_logistic, sample_shots
-    from selfsup.eval.finetune import FinetuneConfig
     from selfsup.eval.metrics import classification_metrics
+    from selfsup.tasks.classification import FinetuneConfig
 
     train, test = str(cifar10 / "train"), str(cifar10 / "test")
     source = open_source(train)

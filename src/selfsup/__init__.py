@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 
 from selfsup import methods as methods  # registers the built-in methods
 from selfsup.api import (
+    Evaluation,
     build_method,
     create_method,
+    evaluate,
     evaluate_knn,
     evaluate_linear,
     extract,
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "CurationReport",
     "EmbedResult",
+    "Evaluation",
     "ExportResult",
     "Method",
     "StepInfo",
@@ -37,6 +40,7 @@ __all__ = [
     "create_method",
     "curate",
     "embed",
+    "evaluate",
     "evaluate_knn",
     "evaluate_linear",
     "export_backbone",

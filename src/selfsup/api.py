@@ -5,6 +5,7 @@
 >>> model = selfsup.load_method("runs/simclr")              # a Method, on the CPU
 >>> feats, labels = selfsup.extract("runs/simclr", "cifar10/test")
 >>> selfsup.evaluate_knn("runs/simclr", train="cifar10/train", test="cifar10/test")
+>>> selfsup.evaluate("linear", "runs/simclr", "cifar10/train", "cifar10/test", floor=True)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import difflib
 import hashlib
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import torch
 from torch import nn
 
 from selfsup import config as C
-from selfsup.backbones import create_backbone
 from selfsup.config import Config, ConfigError
 from selfsup.data import (
     ImageSource,
@@ -36,10 +36,11 @@ from selfsup.eval import extract_features, knn_classify, linear_probe
 from selfsup.eval.knn import KNNResult
 from selfsup.eval.linear import DEFAULT_LRS, DEFAULT_WDS, LinearResult
 from selfsup.methods.base import Method
-from selfsup.registry import get_method_class, list_methods
+from selfsup.registry import list_methods
+from selfsup.runs import build_method, load_run
+from selfsup.runtime import resolve_device, resolve_precision
 from selfsup.train import FitResult, KNNMonitor, Trainer
 from selfsup.train import checkpoint as ckpt_io
-from selfsup.train.trainer import resolve_device, resolve_precision
 
 # Keyword options of `pretrain` (and CLI flags) and the config keys they set.
 SHORTCUTS: dict[str, str] = {
@@ -72,8 +73,10 @@ SHORTCUTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Evaluation",
     "build_method",
     "create_method",
+    "evaluate",
     "evaluate_knn",
     "evaluate_linear",
     "extract",
@@ -104,16 +107,6 @@ def make_config(
             )
         values[SHORTCUTS[k]] = v
     return C.build_config(method=method, config_file=config, values=values, overrides=overrides)
-
-
-def build_method(cfg: Config, image_size: int | None = None) -> Method:
-    """The method of ``cfg`` with freshly initialised weights (seeded by ``train.seed``, so
-    the same config always gives the same initial weights: the random-init floor)."""
-    size = image_size or cfg.data.image_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        backbone = create_backbone(cfg.backbone, size)
-        return get_method_class(cfg.method.name)(cfg.method, backbone)
 
 
 def create_method(
@@ -297,12 +290,7 @@ def load_method(run: str | Path, random_init: bool = False) -> Method:
     ``random_init=True`` gives the same architecture with the run's initial, untrained
     weights: the floor every method must beat.
     """
-    ckpt = ckpt_io.load(run)
-    cfg = C.from_dict(ckpt["config"])
-    model = build_method(cfg)
-    if not random_init:
-        model.load_state_dict(ckpt["method"])
-    return model.eval()
+    return load_run(run, random_init).method
 
 
 def _feature_model(model: Method | nn.Module) -> nn.Module:
@@ -322,7 +310,7 @@ def extract(
     device: str = "auto",
     precision: str = "auto",
     limit: int | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     cache: bool = True,
     random_init: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,9 +325,8 @@ def extract(
     source = data if not isinstance(data, str) else _open(data, split, data_root)
     source = subset(source, limit, seed=0)
     if isinstance(model, str | Path):
-        ckfile = ckpt_io.resolve(model)
-        ckpt = ckpt_io.load(ckfile)
-        cfg = C.from_dict(ckpt["config"])
+        loaded = load_run(model, random_init)
+        ckfile, cfg = loaded.file, loaded.config
         if cache and isinstance(data, str):
             st = ckfile.stat()
             key = json.dumps([str(ckfile.resolve()), st.st_size, st.st_mtime_ns, data,
@@ -351,10 +338,7 @@ def extract(
             if cache_file.is_file():
                 blob = torch.load(cache_file, weights_only=True)
                 return blob["features"], blob["labels"]
-        net: nn.Module = build_method(cfg)
-        if not random_init:
-            net.load_state_dict(ckpt["method"])
-        net = _feature_model(net)
+        net: nn.Module = _feature_model(loaded.method)
     else:
         net = _feature_model(model)
         if isinstance(model, Method):
@@ -429,6 +413,81 @@ def evaluate_linear(
     t0 = time.perf_counter()
     ftr, ltr, fte, lte = _train_test_features(model, train, test, **kw)
     res = linear_probe(ftr, ltr, fte, lte, lrs=lrs, weight_decays=weight_decays, epochs=epochs,
-                       val_fraction=val_fraction)  # fmt: skip
+                       val_fraction=val_fraction, progress=kw.get("progress", False))  # fmt: skip
     res.seconds = time.perf_counter() - t0
     return res
+
+
+PROTOCOLS = ("knn", "linear")
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: ``result`` for the model asked about and, with
+    ``floor=True``, ``floor``: the same run with its initial, untrained weights."""
+
+    protocol: str
+    result: KNNResult | LinearResult
+    floor: KNNResult | LinearResult | None = None
+
+    @property
+    def gain_top1(self) -> float | None:
+        """Top-1 points gained over the random-init floor (``None`` without a floor)."""
+        return None if self.floor is None else self.result.top1 - self.floor.top1
+
+    @property
+    def seconds(self) -> float:
+        """Time of both evaluations together."""
+        return self.result.seconds + (self.floor.seconds if self.floor is not None else 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``protocol`` and the result's fields, plus ``floor`` (the floor's fields) and
+        ``gain_top1`` when the floor was measured: the JSON of ``selfsup eval --json``."""
+        out: dict[str, Any] = {"protocol": self.protocol, **self.result.as_dict()}
+        if self.floor is not None:
+            out["floor"] = self.floor.as_dict()
+            out["gain_top1"] = self.gain_top1
+        return out
+
+
+def evaluate(
+    protocol: str,
+    model: str | Path | Method | nn.Module,
+    train: str,
+    test: str,
+    *,
+    floor: bool = False,
+    random_init: bool = False,
+    **options: Any,
+) -> Evaluation:
+    """Evaluate ``model`` with ``protocol`` (``"knn"`` or ``"linear"``) and, with ``floor``,
+    the same run from its initial, untrained weights, the floor a method must beat.
+
+    ``model`` is a run folder, a checkpoint file, a Method or a feature ``nn.Module``;
+    ``floor`` needs a run folder or checkpoint (the floor is the run's own random init).
+    ``random_init=True`` evaluates the run's initial weights instead of the trained ones.
+    ``options`` go to :func:`evaluate_knn` (``k``, ``temperature``) or
+    :func:`evaluate_linear` (``lrs``, ``weight_decays``, ``epochs``, ``val_fraction``) and
+    on to :func:`extract` (``data_root``, ``limit_train``, ``progress``, ...).
+
+    >>> ev = selfsup.evaluate("knn", "runs/simclr", "cifar10/train", "cifar10/test", floor=True)
+    >>> ev.result.top1, ev.floor.top1, ev.gain_top1   # trained, untrained, difference
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)} (few-label "
+            "protocols are in selfsup.experiments)."
+        )
+    if floor and not isinstance(model, str | Path):
+        raise ConfigError(
+            "floor=True compares a run with its own random init: pass a run folder or "
+            "checkpoint file as model."
+        )
+
+    def once(untrained: bool) -> KNNResult | LinearResult:
+        if protocol == "knn":
+            return evaluate_knn(model, train, test, random_init=untrained, **options)
+        return evaluate_linear(model, train, test, random_init=untrained, **options)
+
+    result = once(random_init)
+    return Evaluation(protocol, result, once(True) if floor else None)

@@ -36,12 +36,11 @@ from selfsup.data import EvalDataset, ImageSource, auto_image_size, open_source,
 from selfsup.data.sources import DataError
 from selfsup.eval.features import FeatureBatch, stream_features
 from selfsup.methods.base import Method
-from selfsup.train import checkpoint as ckpt_io
-from selfsup.train.trainer import resolve_device, resolve_precision
+from selfsup.runs import load_run
+from selfsup.runtime import device_and_precision
 from selfsup.transforms import eval_transform
 
 FORMATS = (".parquet", ".npy")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -68,17 +67,12 @@ def feature_model(
     the images' own size up to 64 px, else 224) and ImageNet statistics.
     ``random_init=True`` keeps a run's architecture with its initial, untrained weights.
     """
-    from selfsup.api import build_method
-
     cfg: Config | None = None
     if isinstance(model, str | Path):
-        ckpt = ckpt_io.load(model)
-        cfg = C.from_dict(ckpt["config"])
-        method = build_method(cfg)
-        if not random_init:
-            method.load_state_dict(ckpt["method"])
-        net = method.feature_extractor()
-        name = str(ckpt_io.resolve(model))
+        loaded = load_run(model, random_init)
+        cfg = loaded.config
+        net = loaded.method.feature_extractor()
+        name = str(loaded.file)
     elif isinstance(model, Method):
         net, name = model.feature_extractor(), type(model).__name__
     else:
@@ -103,11 +97,7 @@ def open_data(
     return data
 
 
-def check_device_precision(device: str, precision: str) -> tuple[torch.device, str]:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
-    dev = resolve_device(device)
-    return dev, resolve_precision(precision, dev)
+check_device_precision = device_and_precision
 
 
 # ----------------------------------------------------------------------------- writers
@@ -286,7 +276,7 @@ def embed(
     l2_normalize: bool = False,
     workers: int = -1,
     random_init: bool = False,
-    progress: bool = False,
+    progress: bool | None = False,
     overwrite: bool = True,
 ) -> EmbedResult:
     """Write one embedding per image of ``data`` to ``out`` (``.parquet`` or ``.npy``).
@@ -294,7 +284,8 @@ def embed(
     ``model`` is a run folder, a checkpoint file, a Method or a feature ``nn.Module``;
     ``data`` a folder (labels come from class sub-folders, when every image has one) or a
     named set. ``limit`` takes a class-balanced subset; ``l2_normalize`` scales every
-    embedding to unit length (cosine similarity becomes a dot product).
+    embedding to unit length (cosine similarity becomes a dot product). ``progress``: show a
+    bar (``None``: the process default, see :func:`selfsup.progress.set_default`).
     """
     t0 = time.perf_counter()
     path = Path(out).expanduser()

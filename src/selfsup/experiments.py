@@ -5,7 +5,7 @@ Protocol (the same for every number): labelled subsets are stratified, seeded dr
 images a class from the training split; a validation split of ``val_per_class`` further
 images a class is carved from the training split (never the test split) and used only to
 choose the epoch to keep; the test split is evaluated once per model. Hyper-parameters are
-fixed (:class:`~selfsup.eval.finetune.FinetuneConfig`), identical for SSL and scratch.
+fixed (:class:`~selfsup.tasks.classification.FinetuneConfig`), identical for SSL and scratch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from selfsup import api
 from selfsup.config import Config, ConfigError
 from selfsup.data import ImageSource, stratified_split, subset
 from selfsup.eval.fewshot import FewShotResult, fewshot_eval, sample_shots
-from selfsup.eval.finetune import (
+from selfsup.eval.metrics import save_confusion_png
+from selfsup.runs import load_run
+from selfsup.runtime import resolve_device, resolve_precision
+from selfsup.tasks.classification import (
     Classifier,
     FinetuneConfig,
     TrainReport,
@@ -31,9 +34,6 @@ from selfsup.eval.finetune import (
     select_pseudo_labels,
     train_classifier,
 )
-from selfsup.eval.metrics import save_confusion_png
-from selfsup.train import checkpoint as ckpt_io
-from selfsup.train.trainer import resolve_device, resolve_precision
 
 
 class _Setup:
@@ -41,13 +41,9 @@ class _Setup:
 
     def __init__(self, run: str | Path, train: str, test: str, data_root: str | None,
                  random_init: bool, limit_test: int | None = None) -> None:  # fmt: skip
-        ckpt = ckpt_io.load(run)
-        from selfsup import config as C
-
-        self.cfg: Config = C.from_dict(ckpt["config"])
-        method = api.build_method(self.cfg)
-        if not random_init:
-            method.load_state_dict(ckpt["method"])
+        loaded = load_run(run, random_init)
+        self.cfg: Config = loaded.config
+        method = loaded.method
         self.backbone = method.feature_extractor()
         self.embed_dim = int(method.backbone.embed_dim)
         self.train: ImageSource = api._open(train, "train", data_root)

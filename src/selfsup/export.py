@@ -51,8 +51,9 @@ from torch import nn
 from selfsup import config as C
 from selfsup.backbones import Backbone
 from selfsup.backbones.factory import TORCHVISION_RESNETS
-from selfsup.config import ConfigError
+from selfsup.config import Config, ConfigError
 from selfsup.methods.base import Method
+from selfsup.runs import load_run
 from selfsup.train import checkpoint as ckpt_io
 from selfsup.transforms.base import eval_resize
 
@@ -115,28 +116,22 @@ def export_backbone(
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}.")
     ckfile = ckpt_io.resolve(run)
-    ckpt = ckpt_io.load(ckfile)
-    run_cfg = C.from_dict(ckpt["config"])
-    # The checkpoint holds the trained weights: the file training started from
-    # (backbone.weights) is not needed, and may no longer exist.
-    cfg = replace(run_cfg, backbone=replace(run_cfg.backbone, weights=None))
-    size = cfg.data.image_size
-    if size is None:
-        raise ckpt_io.CheckpointError(
-            f"{str(ckfile)!r} does not record its image size (data.image_size); was it written "
-            "by selfsup pretrain?"
-        )
-    from selfsup.api import build_method
 
-    method = build_method(cfg)
-    try:
-        method.load_state_dict(ckpt["method"])
-    except RuntimeError as err:
-        raise ckpt_io.CheckpointError(
-            f"the weights in {str(ckfile)!r} do not fit the {cfg.method.name} model its own "
-            f"config describes ({str(err).splitlines()[0]}); was it written by another selfsup "
-            "version? Export it with that version."
-        ) from None
+    def without_weights_file(run_cfg: Config) -> Config:
+        # The checkpoint holds the trained weights: the file training started from
+        # (backbone.weights) is not needed, and may no longer exist.
+        if run_cfg.data.image_size is None:
+            raise ckpt_io.CheckpointError(
+                f"{str(ckfile)!r} does not record its image size (data.image_size); was it "
+                "written by selfsup pretrain?"
+            )
+        return replace(run_cfg, backbone=replace(run_cfg.backbone, weights=None))
+
+    loaded = load_run(ckfile, adjust=without_weights_file)
+    method, ckpt, cfg = loaded.method, loaded.checkpoint, loaded.config
+    run_cfg = C.from_dict(ckpt["config"])
+    size = cfg.data.image_size
+    assert size is not None
     bb, role = _choose(method, which)
     bb = bb.float().eval()
     family = _family(bb)
@@ -148,9 +143,7 @@ def export_backbone(
     if format == "onnx":
         _require("onnx", "onnxscript")
 
-    run_dir = (
-        ckfile.parent.parent if ckfile.parent.name == ckpt_io.CHECKPOINT_DIR else ckfile.parent
-    )
+    run_dir = loaded.folder
     out_dir = Path(out) if out is not None else run_dir / "export" / format
     _check_out(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,18 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from selfsup.data import DataError, EvalDataset, ImageSource, default_workers, loader_kwargs
+from selfsup.progress import progress_bar
+from selfsup.runtime import autocast
 from selfsup.transforms import eval_transform
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
-    """Autocast context for ``precision`` in {bf16, fp16, fp32} on ``device``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -46,13 +38,14 @@ def stream_features(
     precision: str = "fp32",
     channels_last: bool = True,
     num_workers: int = -1,
-    progress: bool = False,
+    progress: bool | None = None,
     desc: str = "features",
 ) -> Iterator[FeatureBatch]:
     """Features batch by batch, in data set order, so that memory stays bounded however
     many images there are. ``dataset`` items are ``(image, label, ok)`` as from
     :class:`EvalDataset`, optionally followed by a dict of per-image tensors (``extra``);
-    images with ``ok=False`` (unreadable) are left out of each batch."""
+    images with ``ok=False`` (unreadable) are left out of each batch. ``progress``: show a
+    bar (``None``: the process default, see :func:`selfsup.progress.set_default`)."""
     device = torch.device(device)
     workers = default_workers(num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_kwargs(workers))
@@ -60,7 +53,7 @@ def stream_features(
     model.eval()
     start = 0
     try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch"):
+        for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
             x, y, ok = batch[0], batch[1], batch[2]
             extra: dict[str, torch.Tensor] = batch[3] if len(batch) > 3 else {}
             index = torch.arange(start, start + len(y))
@@ -89,14 +82,15 @@ def extract_features(
     precision: str = "fp32",
     channels_last: bool = True,
     num_workers: int = -1,
-    progress: bool = False,
+    progress: bool | None = None,
     desc: str = "features",
     bad_files: str = "skip",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of every image of ``source`` under the deterministic evaluation transform.
 
     Returns ``(features (N, D) float32 on CPU, labels (N,) int64)``; labels are -1 for
-    unlabelled images. Unreadable images are left out under the 'skip' policy.
+    unlabelled images. Unreadable images are left out under the 'skip' policy. ``progress``:
+    show a bar (``None``: the process default, see :func:`selfsup.progress.set_default`).
     """
     ds = EvalDataset(source, eval_transform(image_size, mean, std), image_size, channels, bad_files)
     feats: list[torch.Tensor] = []

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.eval.metrics import classification_metrics
+from selfsup.progress import progress_bar
 
 DEFAULT_L2 = 1e-3
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -154,35 +155,41 @@ def fewshot_eval(
     test_labels: torch.Tensor,
     shots: Sequence[int] = (1, 5, 10, 30, 100),
     seeds: int = 5,
+    progress: bool | None = None,
 ) -> FewShotResult:
-    """Few-shot linear and nearest-centroid accuracy for each number of ``shots`` a class."""
+    """Few-shot linear and nearest-centroid accuracy for each number of ``shots`` a class.
+    ``progress``: a bar over the draws (``None``: the process default)."""
     t0 = time.perf_counter()
     c = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     xtr = F.normalize(train_features.float(), dim=1)
     xte = F.normalize(test_features.float(), dim=1)
     labels = train_labels.tolist()
     results = []
-    for k in shots:
-        lin, cen, lin_bal, cen_bal, l2s = [], [], [], [], []
-        for s in range(seeds):
-            idx = torch.tensor(sample_shots(labels, k, seed=s))
-            x, y = xtr[idx], train_labels[idx]
-            l2 = choose_l2(x, y, c, seed=s)
-            w, b = fit_logistic(x, y, c, l2)
-            m = classification_metrics(xte @ w + b, test_labels)
-            mc = classification_metrics(centroid_scores(x, y, xte, c), test_labels)
-            lin.append(m.top1)
-            lin_bal.append(m.balanced)
-            cen.append(mc.top1)
-            cen_bal.append(mc.balanced)
-            l2s.append(l2)
-        lm, ls = _mean_std(lin)
-        cm, cs = _mean_std(cen)
-        results.append(ShotResult(
-            shots=k, labels_used=k * len(set(t for t in labels if t >= 0)),
-            linear_top1_mean=lm, linear_top1_std=ls, linear_balanced_mean=_mean_std(lin_bal)[0],
-            centroid_top1_mean=cm, centroid_top1_std=cs,
-            centroid_balanced_mean=_mean_std(cen_bal)[0],
-            linear_top1=lin, centroid_top1=cen, l2=l2s,
-        ))  # fmt: skip
+    with progress_bar(total=len(shots) * seeds, desc="few-shot draws", unit="draw",
+                      enabled=progress) as bar:  # fmt: skip
+        for k in shots:
+            lin, cen, lin_bal, cen_bal, l2s = [], [], [], [], []
+            for s in range(seeds):
+                idx = torch.tensor(sample_shots(labels, k, seed=s))
+                x, y = xtr[idx], train_labels[idx]
+                l2 = choose_l2(x, y, c, seed=s)
+                w, b = fit_logistic(x, y, c, l2)
+                m = classification_metrics(xte @ w + b, test_labels)
+                mc = classification_metrics(centroid_scores(x, y, xte, c), test_labels)
+                lin.append(m.top1)
+                lin_bal.append(m.balanced)
+                cen.append(mc.top1)
+                cen_bal.append(mc.balanced)
+                l2s.append(l2)
+                bar.update()
+            lm, ls = _mean_std(lin)
+            cm, cs = _mean_std(cen)
+            results.append(ShotResult(
+                shots=k, labels_used=k * len(set(t for t in labels if t >= 0)),
+                linear_top1_mean=lm, linear_top1_std=ls,
+                linear_balanced_mean=_mean_std(lin_bal)[0],
+                centroid_top1_mean=cm, centroid_top1_std=cs,
+                centroid_balanced_mean=_mean_std(cen_bal)[0],
+                linear_top1=lin, centroid_top1=cen, l2=l2s,
+            ))  # fmt: skip
     return FewShotResult(results, seeds, int(test_features.shape[0]), time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from selfsup import schedules
 from selfsup.data import stratified_split
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.metrics import classification_metrics
+from selfsup.progress import progress_bar
 
 DEFAULT_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 DEFAULT_WDS = (0.0, 1e-4)
@@ -57,9 +58,11 @@ def linear_probe(
     batch_size: int = 512,
     val_fraction: float = 0.1,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> LinearResult:
     """Train the sweep on ``train`` minus a validation split; report test accuracy of the
-    best validated classifier. Features (N, D) float; labels (N,) int64 (>= 0)."""
+    best validated classifier. Features (N, D) float; labels (N,) int64 (>= 0).
+    ``progress``: a bar over the epochs (``None``: the process default)."""
     t0 = time.perf_counter()
     keep = train_labels >= 0
     x_all, y_all = train_features[keep].float(), train_labels[keep]
@@ -94,7 +97,8 @@ def linear_probe(
     best_epoch = torch.zeros(h, dtype=torch.long)
     best_w, best_b = w.detach().clone(), b.detach().clone()
     step = 0
-    for epoch in range(epochs):
+    for epoch in progress_bar(range(epochs), desc="linear probe", unit="epoch",
+                              enabled=progress):  # fmt: skip
         perm = torch.randperm(x_tr.shape[0], generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
@@ -121,15 +125,8 @@ def linear_probe(
     j = int(best_acc.argmax())
     with torch.no_grad():
         test_scores = x_te @ best_w[j] + best_b[j]
-    sweep = [
-        {
-            "lr": grid[i][0],
-            "weight_decay": grid[i][1],
-            "val_top1": float(best_acc[i]),
-            "epoch": int(best_epoch[i]),
-        }
-        for i in range(h)
-    ]
+    sweep = [{"lr": lr, "weight_decay": wd, "val_top1": float(acc), "epoch": int(e)}
+             for (lr, wd), acc, e in zip(grid, best_acc, best_epoch, strict=True)]  # fmt: skip
     return LinearResult(
         top1=topk_accuracy(test_scores, test_labels, 1),
         top5=topk_accuracy(test_scores, test_labels, 5),

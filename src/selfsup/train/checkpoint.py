@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from selfsup.config import Config, to_dict
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -105,3 +108,30 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "method" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{str(file)!r} is not a selfsup checkpoint.")
     return ckpt
+
+
+def training_checkpoint(
+    cfg: Config,
+    method: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    state: dict[str, Any],
+    rng_ranks: list[Any] | None,
+    probe: dict[str, object] | None,
+) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly: config, weights, optimiser and
+    scaler state, where the run stands, and the random state of every rank."""
+    from selfsup import __version__
+
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "config": to_dict(cfg),
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "state": state,
+        "rng": capture_rng(),
+        "rng_ranks": rng_ranks,
+        "probe": probe,
+    }

@@ -1,4 +1,5 @@
-"""Health monitors during pretraining: collapse signals and an online linear probe.
+"""Monitors during pretraining: collapse signals, an online linear probe (both on the
+features of the method's own forward pass) and kNN accuracy on a labelled split.
 
 Both read the backbone features of the first view, taken from the method's own forward
 pass (a hook on the backbone; no extra compute), detached so they never affect training.
@@ -8,10 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from selfsup.config import MonitorConfig
+from selfsup.data import ImageSource
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_classify
 
 # A representation whose normalised features vary this little (relative to an isotropic
 # one) or whose effective rank is this low has collapsed.
@@ -132,3 +139,41 @@ class FirstCall:
 
     def remove(self) -> None:
         self.handle.remove()
+
+
+class KNNMonitor:
+    """Online kNN accuracy of the current representation on a labelled split."""
+
+    def __init__(
+        self,
+        bank: ImageSource,
+        queries: ImageSource,
+        cfg: MonitorConfig,
+        batch_size: int = 256,
+        num_workers: int = -1,
+    ) -> None:
+        if bank.labels is None or queries.labels is None:
+            raise ValueError("the kNN monitor needs labelled bank and query images")
+        self.bank, self.queries, self.cfg = bank, queries, cfg
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def __call__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        mean: list[float],
+        std: list[float],
+        channels: int,
+        device: torch.device,
+        precision: str,
+        channels_last: bool,
+    ) -> dict[str, float]:
+        kw: dict[str, Any] = dict(
+            image_size=image_size, mean=mean, std=std, channels=channels,
+            batch_size=self.batch_size, device=device, precision=precision,
+            channels_last=channels_last, num_workers=self.num_workers, progress=False,
+        )  # fmt: skip
+        fb, lb = extract_features(model, self.bank, **kw)
+        fq, lq = extract_features(model, self.queries, **kw)
+        res = knn_classify(fb, lb, fq, lq, k=self.cfg.k, temperature=self.cfg.temperature)
+        return {"knn_top1": res.top1, "knn_top5": res.top5}

@@ -19,7 +19,6 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from selfsup import config as C
 from selfsup.config import Config, ConfigError
 from selfsup.data import (
     NAMED_SETS,
@@ -30,7 +29,7 @@ from selfsup.data import (
     stratified_split,
 )
 from selfsup.methods.base import Method
-from selfsup.train import checkpoint as ckpt_io
+from selfsup.runs import load_run
 from selfsup.transforms import eval_transform
 
 # Layout of image grids, in inches (at DPI dots per inch): one square cell per image, a
@@ -88,15 +87,10 @@ def open_run(run: str | Path | Run) -> Run:
     """A run folder or checkpoint file -> :class:`Run` (raises CheckpointError)."""
     if isinstance(run, Run):
         return run
-    from selfsup.api import build_method
-
-    file = ckpt_io.resolve(run)
-    ckpt = ckpt_io.load(file)
-    cfg = C.from_dict(ckpt["config"])
-    method = build_method(cfg)
-    method.load_state_dict(ckpt["method"])
-    folder = file.parent.parent if file.parent.name == ckpt_io.CHECKPOINT_DIR else file.parent
-    return Run(folder=folder, checkpoint=file, cfg=cfg, method=method.eval())
+    loaded = load_run(run)
+    return Run(
+        folder=loaded.folder, checkpoint=loaded.file, cfg=loaded.config, method=loaded.method
+    )
 
 
 def data_spec(

@@ -155,7 +155,7 @@ def embedding_map(
     spec, root = data_spec(r, data, "embedding-map", data_root)
     source = open_source(spec, split=split, root=root)
     feats, labels = api.extract(r.checkpoint, spec, split, data_root=root, limit=limit,
-                                device=device)  # fmt: skip
+                                device=device, progress=None)  # fmt: skip
     points = project_2d(feats, algo, seed=seed)
     what = "labelled " if (labels >= 0).any() else ""
     title = f"{r.name} ({r.describe}): {AXIS[algo]} map of {len(feats)} {what}{data_name(source)} embeddings"

@@ -210,7 +210,7 @@ def gradcam(
         )
     wanted = None if class_index is None else _class_index(class_index, source.classes)
     feats, labels = api.extract(r.checkpoint, spec, split, data_root=root, limit=limit,
-                                device=device)  # fmt: skip
+                                device=device, progress=None)  # fmt: skip
     probe = fit_probe(feats, labels, len(source.classes))
     shown = source if queries is None else open_images(r, queries, "gradcam", split, data_root)
     x, y, _ = load_images(r, shown, sample(shown, num_images, seed + 1))

@@ -366,6 +366,15 @@ def write_report(
         figures.append(f'<h3 id="fig-{_e(name)}">{_e(name)} (saved by the trainer)</h3>'
                        + figure_html(path, f"figures/{path.name}"))  # fmt: skip
 
+    page = _page(folder, opened, config_text, curves_html, figures, notes)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target
+
+
+def _page(folder: Path, opened: Run | None, config_text: str, curves_html: str,
+          figures: list[str], notes: list[str]) -> str:  # fmt: skip
+    """The report's HTML: its sections in order, with a navigation bar."""
     sections = [("summary", "Run summary", kv_table(summary_rows(folder, opened)))]
     if config_text:
         sections.append(("config", "Resolved config", f"<pre>{_e(config_text)}</pre>"))
@@ -397,6 +406,4 @@ def write_report(
         + "\n".join(f'<section id="{a}"><h2>{_e(t)}</h2>{h}</section>' for a, t, h in sections)
         + "\n</main></body></html>\n"
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
-    return target
+    return page

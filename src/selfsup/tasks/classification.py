@@ -1,7 +1,9 @@
-"""Supervised protocols with few labels: fine-tuning, training from scratch, self-training.
+"""Image classification with few labels: fine-tuning, training from scratch, self-training.
 
-All three share one small supervised loop (:func:`train_classifier`) so that they differ
-only in what they start from and what they train on:
+All three are one task (:class:`ClassificationTask`: a :class:`Classifier`, cross-entropy
+with label smoothing, top-1 on a validation split) handed to the one supervised loop
+(:class:`~selfsup.train.supervised.SupervisedLoop`) by :func:`train_classifier`, so that
+they differ only in what they start from and what they train on:
 
 - **fine-tune**: the pretrained backbone + a new linear head, the backbone at a lower
   learning rate (``backbone_lr_scale``; layer-wise decay for ViTs), light augmentation.
@@ -24,6 +26,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +34,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from selfsup import schedules
-from selfsup.data import EvalDataset, ImageSource, default_workers, loader_kwargs
+from selfsup.config import parse_duration
+from selfsup.data import EvalDataset, ImageSource, SubsetSource, default_workers, loader_kwargs
 from selfsup.data.decode import to_tensor
-from selfsup.eval.features import autocast
 from selfsup.eval.metrics import Metrics, classification_metrics
+from selfsup.runtime import autocast
+from selfsup.train.supervised import LoopConfig, SupervisedLoop
 from selfsup.transforms import eval_transform
 from selfsup.transforms.base import normalize, to_float
 
@@ -180,26 +184,83 @@ def _param_groups(
     return groups
 
 
+def _eval_dataset(source: ImageSource, indices: Sequence[int], image_size: int,
+                  mean: Sequence[float], std: Sequence[float], channels: int) -> EvalDataset:  # fmt: skip
+    """``(image, label, ok)`` items of ``indices`` under the evaluation transform."""
+    return EvalDataset(SubsetSource(source, indices), eval_transform(image_size, mean, std),
+                       image_size, channels)  # fmt: skip
+
+
+def _probs(model: nn.Module, x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (B, C) on the CPU of images ``x`` (B, C, H, W) on the model's
+    device; unreadable images (``ok`` False) get no opinion."""
+    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    probs: torch.Tensor = logits.softmax(1).cpu()
+    probs[~ok.cpu()] = 1.0 / probs.shape[1]
+    return probs
+
+
 @torch.no_grad()
 def predict(model: nn.Module, source: ImageSource, indices: Sequence[int], image_size: int,
             mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device,
             precision: str, batch_size: int = 256, num_workers: int = -1) -> torch.Tensor:  # fmt: skip
     """Softmax probabilities (N, C) of ``indices`` under the evaluation transform."""
-    from selfsup.data import SubsetSource
-
-    ds = EvalDataset(SubsetSource(source, indices), eval_transform(image_size, mean, std),
-                     image_size, channels)  # fmt: skip
+    ds = _eval_dataset(source, indices, image_size, mean, std, channels)
     loader = DataLoader(ds, batch_size=batch_size, **loader_kwargs(default_workers(num_workers)))
     model.eval()
     out = []
     for x, _, ok in loader:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            logits = model(x).float()
-        probs = logits.softmax(1).cpu()
-        probs[~ok] = 1.0 / probs.shape[1]  # unreadable images: no opinion
-        out.append(probs)
+            out.append(_probs(model, x.to(device), ok))
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+class ClassificationTask:
+    """The classification task of the supervised loop: a :class:`Classifier`, cross-entropy
+    with label smoothing, and top-1 accuracy (``score``) on validation batches.
+
+    Training batches are ``(images (B, C, H, W), labels (B,))``; validation batches are
+    :class:`~selfsup.data.EvalDataset` items ``(images, labels, ok)``.
+    """
+
+    def __init__(self, model: Classifier, cfg: FinetuneConfig, backbone_lr_scale: float) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.backbone_lr_scale = backbone_lr_scale
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return _param_groups(self.model, self.cfg, self.backbone_lr_scale)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = batch
+        logits = self.model(x.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        return loss, {}
+
+    def eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, ok = batch
+        return _probs(self.model, x, ok), y.cpu()
+
+    def metrics(self, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        probs = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
+        m = classification_metrics(probs, labels)
+        return {"score": m.top1, "top1": m.top1, "balanced": m.balanced, f"top{m.k}": m.topk}
+
+
+def loop_config(cfg: FinetuneConfig, progress: bool | None = None) -> LoopConfig:
+    """The supervised loop's settings for the fixed protocol ``cfg`` (SGD with Nesterov
+    momentum 0.9, cosine decay without warm-up, the epoch with the best validation top-1)."""
+    return LoopConfig(
+        epochs=cfg.epochs, max_steps=cfg.max_steps,
+        max_seconds=parse_duration(cfg.max_time, "max_time") if cfg.max_time else None,
+        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="sgd",
+        momentum=0.9, nesterov=True, patience=cfg.patience, device=cfg.device,
+        precision=cfg.precision, num_workers=cfg.num_workers, seed=cfg.seed, progress=progress,
+        desc="fine-tune",
+    )  # fmt: skip
 
 
 def train_classifier(
@@ -219,77 +280,40 @@ def train_classifier(
     backbone_lr_scale: float | None = None,
     strong_augment: bool = False,
     classes: Sequence[str] | None = None,
+    progress: bool | None = None,
 ) -> tuple[Classifier, TrainReport]:
     """Train ``backbone`` + a linear head on ``train_idx`` (with ``train_labels``), keep the
-    epoch with the best accuracy on ``val_idx``, and test it once on ``test_source``."""
-    from selfsup.config import parse_duration
-    from selfsup.train.trainer import resolve_device, resolve_precision
-
+    epoch with the best accuracy on ``val_idx``, and test it once on ``test_source``.
+    ``progress``: a bar over the steps (None: the process default, off with the CLI's
+    ``--no-progress``)."""
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    model = Classifier(copy.deepcopy(backbone), embed_dim, num_classes).to(device)
-    model = model.to(memory_format=torch.channels_last)
     scale = cfg.backbone_lr_scale if backbone_lr_scale is None else backbone_lr_scale
-    groups = _param_groups(model, cfg, scale)
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    ds = LabelledDataset(source, train_idx, train_labels,
-                         train_transform(image_size, mean, std, strong_augment), channels)  # fmt: skip
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bs = min(cfg.batch_size, len(ds))
-    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=len(ds) > bs, generator=gen,
-                        **loader_kwargs(default_workers(cfg.num_workers), persistent=True))  # fmt: skip
-    val_labels = torch.tensor([source.labels[i] for i in val_idx]) if source.labels else None
-    steps_per_epoch = max(1, len(loader))
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = max(1, min(total, cfg.max_steps))
-    budget = parse_duration(cfg.max_time) if cfg.max_time else math.inf
-    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
-    history: list[float] = []
-    step, epochs_run = 0, 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        for x, y in loader:
-            if step >= total:  # the step budget ends inside this epoch
-                break
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            y = y.to(device)
-            f = schedules.cosine(step, total, 1.0, 0.0)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * float(g["lr_scale"]) * f
-            with autocast(device, precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            step += 1
-        epochs_run = epoch + 1
-        if val_labels is not None and len(val_idx):
-            probs = predict(model, source, val_idx, image_size, mean, std, channels, device,
-                            precision, num_workers=cfg.num_workers)  # fmt: skip
-            acc = float((probs.argmax(1) == val_labels).float().mean() * 100)
-        else:
-            acc = float(epoch)  # no validation: keep the last epoch
-        history.append(acc)
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        out_of_budget = step >= total or time.perf_counter() - t0 > budget
-        if epoch + 1 - best_epoch >= cfg.patience or out_of_budget:
-            break
-    model.load_state_dict(best_state)
+
+    def build() -> ClassificationTask:  # called by the loop once seeded
+        model = Classifier(copy.deepcopy(backbone), embed_dim, num_classes)
+        return ClassificationTask(model.to(memory_format=torch.channels_last), cfg, scale)
+
+    loop = SupervisedLoop(build, loop_config(cfg, progress))
+    train = LabelledDataset(source, train_idx, train_labels,
+                            train_transform(image_size, mean, std, strong_augment), channels)  # fmt: skip
+    has_val = source.labels is not None and len(val_idx) > 0
+    val = _eval_dataset(source, val_idx, image_size, mean, std, channels) if has_val else None
+    run = loop.fit(train, val)
+    model = loop.task.model
     test_idx = list(range(len(test_source)))
-    probs = predict(model, test_source, test_idx, image_size, mean, std, channels, device,
-                    precision, num_workers=cfg.num_workers)  # fmt: skip
+    probs = predict(model, test_source, test_idx, image_size, mean, std, channels, loop.device,
+                    loop.precision, num_workers=cfg.num_workers)  # fmt: skip
     assert test_source.labels is not None
     metrics = classification_metrics(probs, torch.tensor(test_source.labels), classes=classes)
+    if has_val:
+        history, val_top1 = [e["score"] for e in run.evaluations], run.best_score
+    else:  # as before the loop: each epoch "scores" its index, so the last one is kept
+        history = [float(e) for e in range(run.epochs_run)]
+        val_top1 = float(run.epochs_run - 1) if source.labels is not None else math.nan
     report = TrainReport(
-        test=metrics, val_top1=best_acc if val_labels is not None else float("nan"),
-        best_epoch=best_epoch, epochs_run=epochs_run, train_images=len(train_idx),
-        val_images=len(val_idx), seconds=time.perf_counter() - t0, history=history,
+        test=metrics, val_top1=val_top1, best_epoch=run.best_epoch, epochs_run=run.epochs_run,
+        train_images=len(train_idx), val_images=len(val_idx),
+        seconds=time.perf_counter() - t0, history=history,
     )  # fmt: skip
     return model.cpu(), report
 
