@@ -39,6 +39,8 @@ from selfsup.methods.base import Method
 from selfsup.registry import list_methods
 from selfsup.runs import build_method, load_run
 from selfsup.runtime import resolve_device, resolve_precision
+from selfsup.tasks.detection import evaluate_detection
+from selfsup.tasks.segmentation import evaluate_segmentation
 from selfsup.train import FitResult, KNNMonitor, Trainer
 from selfsup.train import checkpoint as ckpt_io
 
@@ -77,8 +79,10 @@ __all__ = [
     "build_method",
     "create_method",
     "evaluate",
+    "evaluate_detection",
     "evaluate_knn",
     "evaluate_linear",
+    "evaluate_segmentation",
     "extract",
     "list_methods",
     "load_config",

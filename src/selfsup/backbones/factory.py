@@ -8,6 +8,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfsup.backbones.dense import (
+    DenseSpec,
+    is_torchvision_resnet,
+    resnet_dense_specs,
+    resnet_forward_dense,
+    timm_dense_specs,
+    timm_feature_info,
+    timm_forward_dense,
+)
 from selfsup.config import BackboneConfig, ConfigError
 from selfsup.registry import UnknownNameError, closest
 
@@ -33,7 +42,12 @@ def _is_vit(name: str) -> bool:
 
 
 class Backbone(nn.Module):
-    """Wraps a feature network: ``forward(x: (B, C, H, W)) -> (B, embed_dim)``."""
+    """Wraps a feature network: ``forward(x: (B, C, H, W)) -> (B, embed_dim)``.
+
+    Dense features for segmentation and detection: ``dense_specs()`` describes the maps that
+    ``forward_dense(x: (B, C, H, W))`` returns, ordered fine to coarse, each
+    ``(B, spec.channels, H / spec.stride, W / spec.stride)``.
+    """
 
     embed_dim: int
 
@@ -51,6 +65,27 @@ class Backbone(nn.Module):
         if out.ndim != 2:  # e.g. timm models built with global_pool="" by the user
             out = out.flatten(2).mean(-1) if out.ndim == 4 else out.mean(1)
         return out
+
+    def dense_specs(self) -> list[DenseSpec]:
+        """Channels and strides of the ``forward_dense`` maps: layer1..layer4 of a ResNet,
+        the ``feature_info`` levels of a timm model."""
+        if is_torchvision_resnet(self.net):
+            return resnet_dense_specs(self.net)
+        info = timm_feature_info(self.net)
+        if info is None:
+            raise TypeError(
+                f"backbone {self.name} ({type(self.net).__name__}) has no dense features: it is "
+                "neither a torchvision ResNet nor a timm model with feature_info. Use one of "
+                f"{', '.join(TORCHVISION_RESNETS)} or a timm CNN / VisionTransformer."
+            )
+        return timm_dense_specs(info)
+
+    def forward_dense(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> feature maps [(B, C_i, H / s_i, W / s_i)], fine to coarse, as
+        ``dense_specs()`` describes them."""
+        if is_torchvision_resnet(self.net):
+            return resnet_forward_dense(self.net, x)
+        return timm_forward_dense(self.net, x, self.dense_specs(), self.name)
 
 
 def _resnet(name: str, small_stem: bool, in_chans: int) -> Backbone:

@@ -4,33 +4,14 @@ Properties in Self-Supervised Vision Transformers", ICCV 2021)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from selfsup.backbones.factory import Backbone
-from selfsup.backbones.vit import ViTBackbone
+from selfsup.backbones.vit import ViTBackbone, any_input_size
 from selfsup.config import ConfigError
-
-
-@contextlib.contextmanager
-def _any_input_size(net: Any) -> Iterator[None]:
-    """Let a timm ViT built for one image size take any size (a multiple of the patch
-    size) by resampling its position embeddings, as timm's ``dynamic_img_size`` does; the
-    model's settings are restored afterwards."""
-    from timm.layers.format import Format
-
-    pe = net.patch_embed
-    saved = (net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt)
-    net.dynamic_img_size, pe.strict_img_size, pe.flatten = True, False, False
-    pe.output_fmt = Format.NHWC
-    try:
-        yield
-    finally:
-        net.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = saved
 
 
 def forward_any_size(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +30,7 @@ def forward_any_size(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
                     f"crops of {x.shape[-2]}x{x.shape[-1]} px do not tile into the ViT's "
                     f"{p} px patches; set method.views.local_size to a multiple of {p}."
                 )
-            with _any_input_size(net):
+            with any_input_size(net):
                 out: torch.Tensor = backbone(x)
             return out
     out = backbone(x)

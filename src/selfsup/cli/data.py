@@ -1,4 +1,5 @@
-"""``selfsup data check``: what is in an image folder."""
+"""``selfsup data check``: what is in an image folder, or in a dense-task folder
+(segmentation ``images/`` + ``masks/``, COCO ``annotations.json``, or splits of either)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ def add_parser(sub: Subparsers) -> None:
         "check", formatter_class=Formatter, help="scan a folder and report what is in it",
         description="Scan every image under PATH in parallel: counts, formats, colour modes, "
         "bit depths, channels, sizes, unreadable files, exact duplicates, and per-channel "
-        "mean/std as training sees them (reused by pretrain --normalize auto).",
+        "mean/std as training sees them (reused by pretrain --normalize auto).\n\n"
+        "Dense-task folders are recognised by their layout: a segmentation split (images/ + "
+        "masks/, optional fov/ and classes.json), a COCO split (annotations.json) or a folder "
+        "of splits. Then the check pairs images with masks, compares sizes from file headers, "
+        "and reports the class balance; it exits with 1 when it finds problems.",
     )  # fmt: skip
-    dc.add_argument("path", help="folder of images (any depth)")
+    dc.add_argument("path", help="folder of images (any depth), or a dense-task folder")
     dc.add_argument(
         "--channels",
         type=int,
@@ -43,6 +48,13 @@ def add_parser(sub: Subparsers) -> None:
         help="scanning processes (default: one per core, up to 8)",
     )
     dc.add_argument("--json", action="store_true", help="print the report as JSON (default: false)")
+    dc.add_argument(
+        "--limit",
+        type=int,
+        default=200,
+        help="dense folders: masks decoded for the class histogram, spread over each split "
+        "(default: 200; sizes and pairing are checked for every file)",
+    )
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -75,6 +87,10 @@ def run_data(a: argparse.Namespace) -> int:
 
     if a.data_command != "check":
         raise ConfigError("choose an action: selfsup data check PATH")
+    from selfsup.data.check_dense import dense_layout
+
+    if dense_layout(a.path) is not None:
+        return run_dense_check(a)
     report = check_folder(a.path, channels=a.channels, workers=a.workers)
     written = save_report(report, a.out)
     if a.json:
@@ -87,3 +103,76 @@ def run_data(a: argparse.Namespace) -> int:
         print(f"... and {len(report['unreadable']) - 10} more (see the report)")
     print(f"report: {written[0]}")
     return 0
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _counts_share(shares: dict[str, float]) -> str:
+    return ", ".join(f"{k} {_share(v)}" for k, v in shares.items())
+
+
+def _dense_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """Table rows of one dense split report (segmentation or COCO)."""
+    if r["layout"] == "coco":
+        if "images" not in r:
+            return [("annotations", "unreadable")]
+        cats = _counts(r["categories"])
+        return [("layout", "COCO"), ("images", str(r["images"])),
+                ("missing images", str(r["missing_images"]["count"])),
+                ("instances", str(r["instances"])), ("per category", cats),
+                ("with / without masks", f"{r['with_masks']} / {r['without_masks']}"),
+                ("crowd", str(r["crowd"])),
+                ("images without annotations", str(r["images_without_annotations"])),
+                ("boxes outside the image", str(r["boxes_outside"]["count"])),
+                ("empty boxes (w or h <= 0)", str(r["degenerate_boxes"])),
+                ("size mismatches", str(len(r["size_mismatches"])))]  # fmt: skip
+    rows = [("layout", "segmentation (images/ + masks/)"), ("images", str(r["images"])),
+            ("pairs", str(r["pairs"])), ("missing masks", str(r["missing_masks"]["count"])),
+            ("masks without image", str(r["masks_without_image"]["count"])),
+            ("size mismatches", str(len(r["size_mismatches"]))),
+            ("unreadable", str(len(r["unreadable"]))),
+            ("fov", "yes" if r["fov"] else "no")]  # fmt: skip
+    for name, sub in r.get("observers", {}).items():
+        shares = sub.get("histogram", {}).get("share", {})
+        rows.append((name, f"{sub['pairs']} pairs; " + _counts_share(shares)))
+    if "histogram" in r:
+        h = r["histogram"]
+        kind = "binary 0/255" if r["binary"] else "class indices"
+        rows += [("masks", f"{kind}, {r['num_classes']} classes, ignore {r['ignore_index']}"),
+                 ("classes file", str(r["classes_file"] or "none")),
+                 ("histogram over", f"{h['masks_read']} masks")]  # fmt: skip
+        rows += [(f"  {c}", _share(x)) for c, x in h["share"].items()]
+        rows.append(("  ignored" + (" (incl. outside fov)" if r["fov"] else ""),
+                     _share(h["ignore_share"])))  # fmt: skip
+    return rows
+
+
+def run_dense_check(a: argparse.Namespace) -> int:
+    """``data check`` of a segmentation or COCO folder; 1 when problems are found."""
+    from selfsup.data.check_dense import check_dense
+
+    report = check_dense(a.path, limit=a.limit)
+    if a.out:
+        from pathlib import Path
+
+        Path(a.out).write_text(json.dumps(report, indent=2))
+    if a.json:
+        print(json.dumps(report))
+        return 1 if report["problems"] else 0
+    splits = report.get("splits", {"": report})
+    for name, r in splits.items():
+        print_table(f"data check: {r['path']}" if name else f"data check: {report['path']}",
+                    _dense_rows(r))  # fmt: skip
+    for line in report["problems"][:20]:
+        print(f"problem: {line}")
+    if len(report["problems"]) > 20:
+        print(f"... and {len(report['problems']) - 20} more (see the report)")
+    for line in report.get("warnings", [])[:20]:
+        print(f"warning: {line}")
+    if not report["problems"]:
+        print("no problems found")
+    if a.out:
+        print(f"report: {a.out}")
+    return 1 if report["problems"] else 0

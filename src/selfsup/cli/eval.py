@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from selfsup.cli import experiment
+from selfsup.cli import dense, experiment
 from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def add_parser(sub: Subparsers) -> None:
     """``eval`` with its protocols: knn and linear here, the few-label ones after them."""
     ev = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: knn, linear, fewshot, finetune, scratch, selftrain",
+        help="evaluate a checkpoint: knn, linear, fewshot, finetune, scratch, selftrain, segment",
         formatter_class=Formatter,
         description="Evaluate frozen features of a checkpoint.",
     )
@@ -52,6 +52,7 @@ def add_parser(sub: Subparsers) -> None:
     _knn_options(knn)
     _linear_options(lin)
     experiment.add_eval_parsers(evs)
+    dense.add_eval_parsers(evs)
 
 
 def _frozen_options(e: argparse.ArgumentParser) -> None:
@@ -172,10 +173,12 @@ def run_eval(a: argparse.Namespace) -> int:
 
     if a.protocol is None:
         raise ConfigError(
-            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain"
+            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain|segment"
         )
     if a.protocol in experiment.EVAL_PROTOCOLS:
         return experiment.run_fewlabel(a)
+    if a.protocol in dense.EVAL_PROTOCOLS:
+        return dense.run(a)
     if a.checkpoint is None and not a.random_init:
         raise ConfigError("pass --checkpoint RUN (or --random-init to evaluate an untrained net).")
     if a.floor and a.checkpoint is None:

@@ -1,0 +1,283 @@
+"""Semantic segmentation of any run's backbone, in the two protocols of the field:
+
+- **linear** (DINOv2, Oquab et al., 2023, Sec. 7.4): the backbone frozen, a linear 1x1 head
+  (with BatchNorm) on its dense features, upsampled to the image.
+- **finetune**: the backbone trained at a lower learning rate under a light FPN decoder
+  (Panoptic FPN, Kirillov et al., 2019).
+
+Both are one :class:`SegmentationTask` (a :class:`~selfsup.heads.dense.DenseModel`,
+cross-entropy that ignores the ignore index, mIoU / Dice on a test split) handed to the one
+supervised loop. The random-init baseline is the same network, labels and budget from the
+run's initial weights; it fine-tunes its backbone at the head's learning rate, as
+:mod:`selfsup.tasks.classification` does for scratch training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from selfsup.data.segmentation import SegmentationFolder
+from selfsup.eval.segmentation import SegConfusion
+from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead
+from selfsup.train.supervised import LoopConfig, SupervisedLoop
+from selfsup.transforms.dense import SegEval, SegTrain
+
+PROTOCOLS = ("linear", "finetune")
+
+
+@dataclass
+class SegmentConfig:
+    """Fixed hyper-parameters of the segmentation protocols (the same for SSL and scratch)."""
+
+    protocol: str = "linear"
+    # Side of the square training crops; test images are resized so their shorter side is
+    # this, and their logits upsampled to the mask's full resolution for scoring.
+    image_size: int = 256
+    max_steps: int = 300
+    batch_size: int = 8
+    # AdamW learning rate of the head (and of a random-init backbone).
+    lr: float = 1e-3
+    # The pretrained backbone's learning rate relative to the head's (finetune protocol).
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    # FPN width of the finetune decoder.
+    decoder_width: int = 128
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = -1
+
+
+@dataclass
+class SegmentResult:
+    """Test metrics in percent (``dice``: of the foreground, for two-class tasks)."""
+
+    protocol: str
+    miou: float
+    per_class_iou: dict[str, float]
+    dice: float | None
+    pixel_acc: float
+    labelled_images: int
+    test_images: int
+    steps: int
+    seconds: float
+    image_size: int
+    random_init: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: NaN (a class absent from prediction and truth) becomes null."""
+        d = asdict(self)
+        d["per_class_iou"] = {
+            k: None if math.isnan(v) else v for k, v in self.per_class_iou.items()
+        }
+        return d
+
+
+class SegTrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Random crops ``(C, S, S)`` float and their masks ``(S, S)`` int64 of a folder."""
+
+    def __init__(self, folder: SegmentationFolder, transform: SegTrain, channels: int) -> None:
+        self.folder, self.transform, self.channels = folder, transform, channels
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.folder.load(i)
+        x, y = self.transform(s.image, s.mask)
+        return _channels(x, self.channels), y
+
+
+class SegEvalSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Whole images ``(C, h, w)`` resized for the model and full-resolution masks ``(H, W)``
+    (ignored and out-of-field-of-view pixels hold the ignore index)."""
+
+    def __init__(self, folder: SegmentationFolder, transform: SegEval, channels: int) -> None:
+        self.folder, self.transform, self.channels = folder, transform, channels
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.folder.load(i)
+        x, y = self.transform(s.image, s.mask)
+        return _channels(x, self.channels), y
+
+
+def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """A colour image for a grey backbone is averaged; a grey one for colour repeated."""
+    if x.shape[0] == channels:
+        return x
+    if channels == 1:
+        return x.mean(0, keepdim=True)
+    return x.expand(channels, -1, -1) if x.shape[0] == 1 else x
+
+
+def build_model(backbone: nn.Module, num_classes: int, cfg: SegmentConfig) -> DenseModel:
+    """The linear head on a frozen backbone, or the FPN decoder on a trainable one."""
+    specs = backbone.dense_specs()  # type: ignore[operator]
+    if cfg.protocol == "linear":
+        head: nn.Module = LinearSegHead([specs[-1].channels], num_classes)
+        return DenseModel(backbone, head, freeze_backbone=True, levels=[len(specs) - 1])
+    head = FPNDecoder(specs, num_classes, width=cfg.decoder_width)
+    return DenseModel(backbone, head, freeze_backbone=False)
+
+
+class SegmentationTask:
+    """Pixel-wise cross-entropy (ignore index skipped) on training crops; a confusion matrix
+    per test image; ``score`` = mIoU (Dice of the foreground for two-class tasks)."""
+
+    def __init__(self, model: DenseModel, num_classes: int, ignore_index: int,
+                 backbone_lr_scale: float) -> None:  # fmt: skip
+        self.model = model
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.backbone_lr_scale = backbone_lr_scale
+        self.classes: list[str] = [str(i) for i in range(num_classes)]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": head, "lr_scale": 1.0}]
+        if not self.model.freeze_backbone:
+            backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+            groups.append({"params": backbone, "lr_scale": self.backbone_lr_scale})
+        return groups
+
+    def train_mode(self) -> None:
+        self.model.train()  # a frozen backbone stays in eval mode (DenseModel.train)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits.float(), y, ignore_index=self.ignore_index), {}
+
+    def eval_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The confusion matrix ``(K, K)`` of one batch of test images, at mask resolution."""
+        x, y = batch
+        logits = self.model(x)
+        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
+                               align_corners=False)  # fmt: skip
+        conf = SegConfusion(self.num_classes, self.ignore_index)
+        conf.update(logits.argmax(1).cpu(), y.cpu())
+        return conf.matrix
+
+    def metrics(self, outputs: list[torch.Tensor]) -> dict[str, float]:
+        """``miou``, ``pixel_acc``, ``dice`` (NaN unless two classes), ``iou/<class>``;
+        ``score``: Dice for two-class tasks, else mIoU."""
+        conf = SegConfusion(self.num_classes, self.ignore_index)
+        conf.matrix = torch.stack(outputs).sum(0)
+        res = conf.result(self.classes)
+        dice = math.nan if res["dice"] is None else float(res["dice"])
+        out = {"miou": float(res["miou"]), "dice": dice, "pixel_acc": float(res["pixel_acc"])}
+        out |= {f"iou/{k}": float(v) for k, v in res["per_class_iou"].items()}
+        return {"score": out["miou"] if math.isnan(dice) else dice, **out}
+
+
+def loop_config(cfg: SegmentConfig, progress: bool | None) -> LoopConfig:
+    """AdamW, linear warm-up then cosine decay over ``max_steps`` (the reproducible budget)."""
+    return LoopConfig(
+        epochs=10**6, max_steps=cfg.max_steps, batch_size=cfg.batch_size, eval_batch_size=1,
+        lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="adamw",
+        warmup_steps=int(cfg.warmup_fraction * cfg.max_steps), device=cfg.device,
+        precision=cfg.precision, num_workers=cfg.num_workers, seed=cfg.seed,
+        progress=progress, desc=f"segment ({cfg.protocol})",
+    )  # fmt: skip
+
+
+def train_segmenter(
+    backbone: nn.Module,
+    train: SegmentationFolder,
+    test: SegmentationFolder,
+    mean: list[float],
+    std: list[float],
+    channels: int,
+    cfg: SegmentConfig,
+    random_init: bool = False,
+    progress: bool | None = None,
+) -> tuple[DenseModel, SegmentResult]:
+    """Train a segmenter on ``train`` (all of it: sample it first for few labels) and test it
+    once on ``test``. ``random_init`` trains the backbone at the head's learning rate."""
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    t0 = time.perf_counter()
+    scale = 1.0 if random_init else cfg.backbone_lr_scale
+
+    def build() -> SegmentationTask:  # called by the loop once seeded
+        model = build_model(backbone, train.num_classes, cfg)
+        task = SegmentationTask(model, train.num_classes, train.ignore_index, scale)
+        task.classes = list(train.classes)
+        return task
+
+    loop = SupervisedLoop(build, loop_config(cfg, progress))
+    train_set = SegTrainSet(
+        train,
+        SegTrain(
+            cfg.image_size, mean, std, ignore_index=train.ignore_index, base_size=cfg.image_size
+        ),
+        channels,
+    )
+    run = loop.fit(train_set)
+    m = loop.evaluate(SegEvalSet(test, SegEval(cfg.image_size, mean, std), channels))
+    result = SegmentResult(
+        protocol=cfg.protocol, miou=m["miou"],
+        per_class_iou={k[4:]: v for k, v in m.items() if k.startswith("iou/")},
+        dice=None if math.isnan(m["dice"]) else m["dice"], pixel_acc=m["pixel_acc"],
+        labelled_images=len(train), test_images=len(test), steps=run.steps,
+        seconds=time.perf_counter() - t0, image_size=cfg.image_size, random_init=random_init,
+        settings=asdict(cfg),
+    )  # fmt: skip
+    return loop.task.model, result
+
+
+def dense_backbone(method: nn.Module) -> nn.Module:
+    """The backbone a method is evaluated with (e.g. a DINO teacher), as a module with
+    ``forward_dense``; a method whose feature extractor wraps it gives its own backbone."""
+    fe = method.feature_extractor()  # type: ignore[operator]
+    for candidate in (fe, getattr(fe, "backbone", None), getattr(method, "backbone", None)):
+        if candidate is not None and hasattr(candidate, "forward_dense"):
+            return candidate  # type: ignore[no-any-return]
+    raise ValueError(f"{type(method).__name__} has no backbone with dense features.")
+
+
+def evaluate_segmentation(
+    run: str | Path,
+    train: str | Path,
+    test: str | Path,
+    cfg: SegmentConfig | None = None,
+    *,
+    fraction: float | None = None,
+    shots: int | None = None,
+    random_init: bool = False,
+    progress: bool | None = None,
+) -> SegmentResult:
+    """Train a segmenter on the labelled split folder ``train`` (``fraction`` of its images
+    or ``shots`` images, drawn with ``cfg.seed``) from the run's backbone (or its untrained
+    twin with ``random_init``) and score it once on ``test``."""
+    import copy
+
+    from selfsup.data.segmentation import open_segmentation
+    from selfsup.runs import load_run
+
+    cfg = cfg or SegmentConfig()
+    loaded = load_run(run, random_init)
+    backbone = copy.deepcopy(dense_backbone(loaded.method)).float()
+    train_folder = open_segmentation(train)
+    if fraction is not None or shots is not None:
+        train_folder = train_folder.sample(fraction=fraction, shots=shots, seed=cfg.seed)
+    test_folder = open_segmentation(test)
+    d = loaded.config.data
+    _, result = train_segmenter(backbone, train_folder, test_folder, list(d.mean), list(d.std),
+                                loaded.config.backbone.in_chans, cfg, random_init, progress)  # fmt: skip
+    result.settings |= {"checkpoint": str(loaded.file), "train": str(train), "test": str(test),
+                        "fraction": fraction, "shots": shots}  # fmt: skip
+    return result
