@@ -53,6 +53,16 @@ def test_eval_segment_cli(street_run: Path, tmp_path: Path, protocol: str,
     assert 0.0 <= res["miou"] <= 100.0 and res["dice"] is None
     assert len(res["per_class_iou"]) == 11 and "road" in res["per_class_iou"]
     assert res["labelled_images"] == 4 and res["test_images"] == 2
+    # Saved beside the run: the result and a picture (2 test images x image/truth/prediction),
+    # which the run's report shows.
+    saved = sorted((street_run / "dense").glob(f"segment-{protocol}-*"))
+    assert [p.suffix for p in saved] == [".json", ".png"]
+    assert json.loads(saved[0].read_text())["miou"] == res["miou"]
+    if protocol == "finetune":
+        from selfsup.viz import write_report
+
+        html = write_report(street_run, tmp_path / "report.html").read_text()
+        assert "dense/" in html and saved[1].name in html
 
 
 def _coco_split(dest: Path, split: str, n: int) -> Path:
@@ -88,6 +98,7 @@ def test_eval_detect_cli(street_run: Path, tmp_path: Path,
     for key in ("box_ap", "box_ap50", "mask_ap"):
         assert 0.0 <= res[key] <= 100.0
     assert res["steps"] == 2 and res["labelled_images"] == 3 and res["test_images"] == 2
+    assert len(list((street_run / "dense").glob("detect-finetune-*.png"))) == 1
 
 
 def test_coco_ap_against_perfect_and_empty_predictions() -> None:

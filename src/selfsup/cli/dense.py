@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
@@ -74,6 +75,10 @@ def _common(p: argparse.ArgumentParser, d: Any, lr_help: str, size_help: str) ->
     p.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32 (default: auto)")
     p.add_argument("--workers", type=int, default=-1, help="data workers (default: auto)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (default: false)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="folder for <name>.json and <name>.png (a few test images with truth and "
+                   "prediction), shown by selfsup report (default: <run>/dense)")  # fmt: skip
+    p.add_argument("--no-save", action="store_true", help="write no files (default: false)")
     add_progress_flags(p)
 
 
@@ -85,10 +90,21 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _save_folder(a: argparse.Namespace) -> Path | None:
+    if a.no_save:
+        return None
+    if a.save is not None:
+        return Path(a.save)
+    from selfsup.runs import run_folder
+    from selfsup.train import checkpoint as ckpt_io
+
+    return run_folder(ckpt_io.resolve(a.checkpoint)) / "dense"
+
+
 def run(a: argparse.Namespace) -> int:
     what = "random init" if a.random_init else "pretrained"
     kw = dict(fraction=a.fraction, shots=a.shots, random_init=a.random_init,
-              progress=not a.no_progress)  # fmt: skip
+              progress=not a.no_progress, save=_save_folder(a))  # fmt: skip
     rows: list[tuple[str, str]]
     if a.protocol == "segment":
         from selfsup.tasks.segmentation import SegmentConfig, evaluate_segmentation

@@ -11,6 +11,7 @@ the original image's coordinates, where they are scored.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -307,9 +308,12 @@ def evaluate_detection(
     shots: int | None = None,
     random_init: bool = False,
     progress: bool | None = None,
+    save: str | Path | None = None,
 ) -> DetectResult:
     """Fine-tune a detector on the COCO split folder ``train`` from the run's backbone (or
-    its untrained twin with ``random_init``) and score it once on ``test``."""
+    its untrained twin with ``random_init``) and score it once on ``test``. ``save``: a
+    folder that receives ``<name>.json`` (the result) and ``<name>.png`` (a few test images
+    with true boxes in green, predicted boxes and masks in red)."""
     from selfsup.runs import load_run
     from selfsup.tasks.segmentation import dense_backbone
 
@@ -320,9 +324,34 @@ def evaluate_detection(
     if fraction is not None or shots is not None:
         train_data = train_data.sample(fraction=fraction, shots=shots, seed=cfg.seed)
     d = loaded.config.data
-    _, result = train_detector(backbone, train_data, CocoDetection(test), list(d.mean),
-                               list(d.std), loaded.config.backbone.in_chans, cfg, random_init,
-                               progress)  # fmt: skip
+    test_data = CocoDetection(test)
+    channels = loaded.config.backbone.in_chans
+    model, result = train_detector(backbone, train_data, test_data, list(d.mean), list(d.std),
+                                   channels, cfg, random_init, progress)  # fmt: skip
     result.settings |= {"checkpoint": str(loaded.file), "train": str(train), "test": str(test),
                         "fraction": fraction, "shots": shots}  # fmt: skip
+    if save is not None:
+        from selfsup.tasks.segmentation import result_name
+        from selfsup.viz.dense import detection_figure
+
+        name = result_name("detect", "finetune", train, fraction, shots, cfg.seed, random_init)
+        folder = Path(save)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(result.as_dict(), indent=2))
+        detection_figure(predict_examples(model, test_data, channels), folder / f"{name}.png")
     return result
+
+
+@torch.no_grad()
+def predict_examples(model: nn.Module, data: CocoDetection, channels: int, n: int = 4
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
+    """(image uint8 (3, H, W), true boxes (N, 4), predictions) of the first ``n`` images."""
+    device = next(model.parameters()).device
+    model.eval()
+    rows = []
+    for i in range(min(n, len(data))):
+        image, target = data.load(i)
+        x, _ = DetectionSet(data, False, channels)[i]
+        out = {k: v.float().cpu() for k, v in model([x.to(device)])[0].items()}
+        rows.append((image, target["boxes"], out))
+    return rows

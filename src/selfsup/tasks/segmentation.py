@@ -14,6 +14,7 @@ run's initial weights; it fine-tunes its backbone at the head's learning rate, a
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from selfsup.eval.segmentation import SegConfusion
 from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead
 from selfsup.train.supervised import LoopConfig, SupervisedLoop
 from selfsup.transforms.dense import SegEval, SegTrain
+from selfsup.viz.dense import segmentation_figure
 
 PROTOCOLS = ("linear", "finetune")
 
@@ -259,10 +261,13 @@ def evaluate_segmentation(
     shots: int | None = None,
     random_init: bool = False,
     progress: bool | None = None,
+    save: str | Path | None = None,
 ) -> SegmentResult:
     """Train a segmenter on the labelled split folder ``train`` (``fraction`` of its images
     or ``shots`` images, drawn with ``cfg.seed``) from the run's backbone (or its untrained
-    twin with ``random_init``) and score it once on ``test``."""
+    twin with ``random_init``) and score it once on ``test``. ``save``: a folder that
+    receives ``<name>.json`` (the result) and ``<name>.png`` (a few test images, their
+    truth and the prediction); the run's report shows both."""
     import copy
 
     from selfsup.data.segmentation import open_segmentation
@@ -276,8 +281,49 @@ def evaluate_segmentation(
         train_folder = train_folder.sample(fraction=fraction, shots=shots, seed=cfg.seed)
     test_folder = open_segmentation(test)
     d = loaded.config.data
-    _, result = train_segmenter(backbone, train_folder, test_folder, list(d.mean), list(d.std),
-                                loaded.config.backbone.in_chans, cfg, random_init, progress)  # fmt: skip
+    channels = loaded.config.backbone.in_chans
+    model, result = train_segmenter(backbone, train_folder, test_folder, list(d.mean),
+                                    list(d.std), channels, cfg, random_init, progress)  # fmt: skip
     result.settings |= {"checkpoint": str(loaded.file), "train": str(train), "test": str(test),
                         "fraction": fraction, "shots": shots}  # fmt: skip
+    if save is not None:
+        name = result_name("segment", cfg.protocol, train, fraction, shots, cfg.seed, random_init)
+        folder = Path(save)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(result.as_dict(), indent=2))
+        rows = predict_examples(model, test_folder, cfg.image_size, list(d.mean), list(d.std),
+                                channels)  # fmt: skip
+        segmentation_figure(rows, test_folder.num_classes, test_folder.ignore_index,
+                            folder / f"{name}.png")  # fmt: skip
     return result
+
+
+def result_name(task: str, protocol: str, train: str | Path, fraction: float | None,
+                shots: int | None, seed: int, random_init: bool) -> str:  # fmt: skip
+    """A file name telling results apart: task, protocol, data, labels, seed, init."""
+    split = Path(train).resolve()
+    labels = (
+        "all"
+        if fraction is None and shots is None
+        else (f"{fraction:g}" if fraction is not None else f"{shots}-images")
+    )
+    init = "-random-init" if random_init else ""
+    return f"{task}-{protocol}-{split.parent.name}-{split.name}-{labels}-seed{seed}{init}"
+
+
+@torch.no_grad()
+def predict_examples(model: nn.Module, folder: SegmentationFolder, image_size: int,
+                     mean: list[float], std: list[float], channels: int, n: int = 4
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(image uint8 (3, H, W), truth (H, W), prediction (H, W)) of the first ``n`` images."""
+    device = next(model.parameters()).device
+    model.eval()
+    transform, rows = SegEval(image_size, mean, std), []
+    for i in range(min(n, len(folder))):
+        s = folder.load(i)
+        x, y = transform(s.image, s.mask)
+        logits = model(_channels(x, channels)[None].to(device)).float()
+        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        image = s.image if s.image.shape[0] == 3 else s.image.expand(3, -1, -1)
+        rows.append((image, y, logits.argmax(1)[0].cpu()))
+    return rows

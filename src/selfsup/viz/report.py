@@ -246,7 +246,11 @@ def eval_sections(folder: Path) -> list[tuple[str, str]]:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-        out.append((str(rel), json_tables(data)))
+        body = json_tables(data)
+        picture = path.with_suffix(".png")  # e.g. dense/<name>.png beside dense/<name>.json
+        if picture.is_file():
+            body += figure_html(picture, str(rel.with_suffix(".png")))
+        out.append((str(rel), body))
     return out
 
 
