@@ -45,12 +45,13 @@ def jobs(a: argparse.Namespace) -> list[dict[str, Any]]:
             "--max-steps", str(a.steps), "--image-size", str(a.det_size)]})  # fmt: skip
     if a.vessels:
         for shots, seeds in ((2, 3), (5, 3), (20, 1)):
-            for seed in range(seeds):
+            for seed in range(min(seeds, a.seeds)):
                 out.append({"row": f"drive-{shots}-images", "seed": seed, "run": a.vessels,
                             "args": ["segment", "--train", str(drive / "train"), "--test",
                                      str(drive / "test"), "--protocol", "finetune", "--shots",
                                      str(shots), "--seed", str(seed), "--max-steps",
-                                     str(a.steps), "--image-size", str(a.vessel_size)]})  # fmt: skip
+                                     str(a.steps), "--image-size", str(a.vessel_size),
+                                     "--batch-size", str(a.vessel_batch)]})  # fmt: skip
     return [j for j in out if not a.only or any(j["row"].startswith(o) for o in a.only)]
 
 
@@ -99,6 +100,10 @@ def main() -> None:
         "--det-size", type=int, default=512, help="Penn-Fudan longer side (default: 512)"
     )
     p.add_argument("--vessel-size", type=int, default=384, help="DRIVE crop side (default: 384)")
+    p.add_argument("--vessel-batch", type=int, default=4, help="DRIVE crops a step (default: 4)")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="at most this many draws a row (default: 3)"
+    )
     p.add_argument("--only", type=lambda s: s.split(","), default=None, help="row prefixes")
     p.add_argument("--out", required=True, help="folder of results.jsonl and dense.md")
     a = p.parse_args()
