@@ -125,3 +125,36 @@ def test_coco_ap_against_perfect_and_empty_predictions() -> None:
     for r in shifted:
         r.pop("segmentation")
     assert coco_ap(data.ground_truth(), shifted, with_masks=False)["box_ap"] == pytest.approx(0.0)
+
+
+def test_detector_on_a_vit_uses_the_simple_pyramid() -> None:
+    """A ViT's single patch-grid map becomes three pyramid levels (plus max-pool); Mask R-CNN
+    trains (finite losses, gradients reach the ViT) and predicts in image coordinates."""
+    import torch
+
+    from selfsup.backbones import create_backbone
+    from selfsup.config import BackboneConfig
+    from selfsup.tasks.detection import DetectConfig, build_detector
+
+    torch.manual_seed(0)
+    vit = create_backbone(BackboneConfig(name="timm:vit_tiny_patch16_224", kwargs={"depth": 2}), 64)
+    det = build_detector(vit, 1, True, DetectConfig(image_size=128), [0.5] * 3, [0.25] * 3)
+    maps = det.backbone(torch.rand(1, 3, 64, 96))  # type: ignore[operator]
+    stride = vit.dense_specs()[0].stride
+    h, w = 64 // stride, 96 // stride
+    sizes = [tuple(m.shape[-2:]) for m in maps.values()]
+    assert sizes[:3] == [(2 * h, 2 * w), (h, w), (h // 2, w // 2)] and len(sizes) == 4
+    masks = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    masks[0, 10:80, 10:60] = 1
+    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 80.0]]), "labels": torch.tensor([1]),
+              "masks": masks}  # fmt: skip
+    det.train()
+    losses = det([torch.rand(3, 96, 128)], [target])
+    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vit.parameters())
+    det.eval()
+    with torch.no_grad():
+        out = det([torch.rand(3, 96, 128)])[0]
+    assert out["boxes"].shape[1] == 4 and out["masks"].shape[-2:] == (96, 128)

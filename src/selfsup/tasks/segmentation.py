@@ -86,26 +86,14 @@ class SegmentResult:
         return d
 
 
-class SegTrainSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Random crops ``(C, S, S)`` float and their masks ``(S, S)`` int64 of a folder."""
+class SegSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A folder's images and masks through a paired transform: random crops ``(C, S, S)``
+    and their masks ``(S, S)`` with :class:`SegTrain`; whole images resized for the model
+    ``(C, h, w)`` and full-resolution masks ``(H, W)`` with :class:`SegEval` (ignored and
+    out-of-field-of-view pixels hold the ignore index)."""
 
-    def __init__(self, folder: SegmentationFolder, transform: SegTrain, channels: int) -> None:
-        self.folder, self.transform, self.channels = folder, transform, channels
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.folder.load(i)
-        x, y = self.transform(s.image, s.mask)
-        return _channels(x, self.channels), y
-
-
-class SegEvalSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Whole images ``(C, h, w)`` resized for the model and full-resolution masks ``(H, W)``
-    (ignored and out-of-field-of-view pixels hold the ignore index)."""
-
-    def __init__(self, folder: SegmentationFolder, transform: SegEval, channels: int) -> None:
+    def __init__(self, folder: SegmentationFolder, transform: SegTrain | SegEval,
+                 channels: int) -> None:  # fmt: skip
         self.folder, self.transform, self.channels = folder, transform, channels
 
     def __len__(self) -> int:
@@ -221,7 +209,7 @@ def train_segmenter(
         return task
 
     loop = SupervisedLoop(build, loop_config(cfg, progress))
-    train_set = SegTrainSet(
+    train_set = SegSet(
         train,
         SegTrain(
             cfg.image_size, mean, std, ignore_index=train.ignore_index, base_size=cfg.image_size
@@ -229,7 +217,7 @@ def train_segmenter(
         channels,
     )
     run = loop.fit(train_set)
-    m = loop.evaluate(SegEvalSet(test, SegEval(cfg.image_size, mean, std), channels))
+    m = loop.evaluate(SegSet(test, SegEval(cfg.image_size, mean, std), channels))
     result = SegmentResult(
         protocol=cfg.protocol, miou=m["miou"],
         per_class_iou={k[4:]: v for k, v in m.items() if k.startswith("iou/")},
