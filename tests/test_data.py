@@ -77,6 +77,16 @@ def test_sampler_is_seeded_resumable_and_sharded() -> None:
     assert len(list(EpochSampler(22, 4, seed=1, epoch=0))) == 20
 
 
+def test_sampler_repeat_shows_each_image_that_many_times_with_new_seeds() -> None:
+    full = list(EpochSampler(5, 4, seed=1, epoch=0, repeat=4))
+    assert len(full) == 20
+    assert sorted(i for i, _ in full) == sorted(list(range(5)) * 4)
+    assert len({s for _, s in full}) == 20  # every appearance gets its own crops
+    assert list(EpochSampler(5, 4, seed=1, epoch=0, start=8, repeat=4)) == full[8:]
+    with pytest.raises(ValueError, match="repeat"):
+        EpochSampler(5, 4, seed=1, epoch=0, repeat=0)
+
+
 def test_view_dataset_is_deterministic_per_seed(tiny_folder: Path) -> None:
     import selfsup
 

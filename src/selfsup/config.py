@@ -92,6 +92,10 @@ class DataConfig:
     num_workers: int = -1
     # Use at most this many images (a class-balanced, seeded subset) for quick experiments.
     limit: int | None = None
+    # Each image appears this many times an epoch (each time with its own crops): for a
+    # small pool of large images (20 fundus photographs, a few slides) whose random crops,
+    # not the images, are the samples; an epoch then holds enough batches.
+    repeat: int = 1
     # Unreadable images: skip (use another image, list them in skipped.txt) or fail.
     bad_files: str = "skip"
     # Where the augmentations run: "cpu" (one image at a time in the data-loading workers),
@@ -431,6 +435,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean and data.std need the same number of channels.")
     if d.max_pixels < 1:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
+    if d.repeat < 1:
+        raise ConfigError(f"data.repeat must be at least 1, got {d.repeat}.")
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std values must be positive, got {d.std}.")
     if d.augment not in ("auto", "cpu", "device"):

@@ -180,8 +180,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Seeded per-epoch permutation that can start mid-epoch and shard across ranks.
 
     Yields ``(index, augmentation seed)``. With ``drop_last`` the epoch holds
-    ``floor(n / global_batch)`` full global batches. ``start`` counts global samples already
-    consumed in this epoch (for resuming); rank r takes positions r, r + world, ...
+    ``floor(n * repeat / global_batch)`` full global batches. ``start`` counts global samples
+    already consumed in this epoch (for resuming); rank r takes positions r, r + world, ...
+    ``repeat``: each index appears that many times an epoch (one permutation of the
+    ``n * repeat`` positions), with its own augmentation seed each time.
     """
 
     def __init__(
@@ -194,8 +196,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world: int = 1,
         drop_last: bool = True,
+        repeat: int = 1,
     ) -> None:
-        self.n, self.global_batch, self.seed, self.epoch = n, global_batch, seed, epoch
+        if repeat < 1:
+            raise ValueError(f"repeat must be at least 1, got {repeat}")
+        self.size, self.repeat = n, repeat
+        self.n, self.global_batch, self.seed, self.epoch = n * repeat, global_batch, seed, epoch
         self.start, self.rank, self.world, self.drop_last = start, rank, world, drop_last
 
     def epoch_length(self) -> int:
@@ -211,7 +217,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if total > self.n:  # pad the last batch by wrapping around
             perm = perm + perm[: total - self.n]
         for pos in range(self.start + self.rank, total, self.world):
-            yield perm[pos], sample_seed(self.seed, self.epoch, pos)
+            yield perm[pos] % self.size, sample_seed(self.seed, self.epoch, pos)
 
     def __len__(self) -> int:
         return max(0, (self.epoch_length() - self.start - self.rank + self.world - 1) // self.world)

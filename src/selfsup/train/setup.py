@@ -94,8 +94,9 @@ def _check_batch(cfg: Config, method: Method, n: int, step_batch: int) -> None:
         )
     if t.drop_last and n < step_batch:
         raise ConfigError(
-            f"the data set has {n} images, fewer than one batch of {step_batch}; lower "
-            "train.batch_size (--batch-size) or add images."
+            f"the data set has {n} images (times data.repeat), fewer than one batch of "
+            f"{step_batch}; lower train.batch_size (--batch-size), raise data.repeat (each "
+            "image that many times an epoch, with its own crops) or add images."
         )
 
 
@@ -140,7 +141,7 @@ def prepare(cfg: Config, method: Method, source: ImageSource, progress: bool) ->
     world, rank = dist.world_size(), dist.rank()
     global_batch = t.batch_size * world
     step_batch = global_batch * t.accumulate
-    n = len(source)
+    n = len(source) * cfg.data.repeat
     _check_batch(cfg, method, n, step_batch)
 
     method.to(device)
@@ -150,7 +151,8 @@ def prepare(cfg: Config, method: Method, source: ImageSource, progress: bool) ->
     if t.channels_last:
         method.to(memory_format=torch.channels_last)
     source, dataset, batched, workers = _data(cfg, method, source, device, progress)
-    sizing = EpochSampler(n, step_batch, t.seed, 0, drop_last=t.drop_last)
+    sizing = EpochSampler(len(source), step_batch, t.seed, 0, drop_last=t.drop_last,
+                          repeat=cfg.data.repeat)  # fmt: skip
     steps_per_epoch = sizing.epoch_length() // step_batch
     total_steps, max_time = budget(t, steps_per_epoch)
     base_lr = scaled_lr(cfg.optim, step_batch)
@@ -197,7 +199,7 @@ def loader(s: Setup, cfg: Config, state: TrainState) -> tuple[EpochSampler, Data
     t = cfg.train
     sampler = EpochSampler(
         len(s.source), s.step_batch, t.seed, state.epoch, start=state.epoch_pos,
-        rank=s.rank, world=s.world, drop_last=t.drop_last,
+        rank=s.rank, world=s.world, drop_last=t.drop_last, repeat=cfg.data.repeat,
     )  # fmt: skip
     data = DataLoader(
         s.dataset, batch_size=t.batch_size, sampler=sampler,
