@@ -7,7 +7,7 @@ rows already there, so an interrupted benchmark resumes. The table (SSL, random 
 is printed and written to ``<out>/dense.md``.
 
     python benchmarks/dense.py --street RUN --out /tmp/dense              # CamVid + Penn-Fudan
-    python benchmarks/dense.py --vessels RUN --out /tmp/dense --only drive
+    python benchmarks/dense.py --vessels RUN --out /tmp/dense --only drive --vessel-decoder unet
     python benchmarks/dense.py --street RUN --out /tmp/dense --steps 100 --only camvid-linear
 
 Budgets are optimiser steps (``--steps``), so figures do not depend on the machine's load.
@@ -30,6 +30,7 @@ def jobs(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (row, initialisation) the benchmark runs, as ``selfsup eval`` arguments."""
     out: list[dict[str, Any]] = []
     camvid, fudan, drive = Path(a.camvid), Path(a.pennfudan), Path(a.drive)
+    transfer = ["--also-test", a.chasedb1] if a.chasedb1 else []
     if a.street:
         for row, extra in [
             ("camvid-finetune-10%", ["--protocol", "finetune", "--fraction", "0.1"]),
@@ -51,7 +52,8 @@ def jobs(a: argparse.Namespace) -> list[dict[str, Any]]:
                                      str(drive / "test"), "--protocol", "finetune", "--shots",
                                      str(shots), "--seed", str(seed), "--max-steps",
                                      str(a.steps), "--image-size", str(a.vessel_size),
-                                     "--batch-size", str(a.vessel_batch)]})  # fmt: skip
+                                     "--batch-size", str(a.vessel_batch), "--decoder",
+                                     a.vessel_decoder, *transfer]})  # fmt: skip
     return [j for j in out if not a.only or any(j["row"].startswith(o) for o in a.only)]
 
 
@@ -65,14 +67,26 @@ def run_one(job: dict[str, Any], random_init: bool) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]), command=" ".join(cmd[2:]))
 
 
+def _metric(r: dict[str, Any]) -> float:
+    return float(r["dice"] if r.get("dice") is not None else r.get("miou", r.get("box_ap")))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """Mean over seeds of each row's metric, SSL against random init."""
+    """Mean over seeds of each row's metric, SSL against random init; a row scored on a
+    further test split (``--also-test``) adds a row ``<row> on <split>``; a second
+    observer's agreement is listed below the table."""
     import statistics
 
     groups: dict[str, dict[bool, list[float]]] = {}
+    observers: dict[str, Any] = {}
     for r in rows:
-        metric = r.get("dice") if r.get("dice") is not None else r.get("miou", r.get("box_ap"))
-        groups.setdefault(r["row"], {True: [], False: []})[r["random_init"]].append(metric)
+        groups.setdefault(r["row"], {True: [], False: []})[r["random_init"]].append(_metric(r))
+        for t in r.get("transfer", []):
+            name = f"{r['row']} on {Path(t['test']).name}"
+            groups.setdefault(name, {True: [], False: []})[r["random_init"]].append(_metric(t))
+            observers[Path(t["test"]).name] = t.get("observer")
+        test = Path(r.get("settings", {}).get("test", ""))
+        observers[f"{test.parent.name}/{test.name}"] = r.get("observer")
     lines = ["| row | metric | SSL | random init | gain | seeds |", "|---|---|---|---|---|---|"]
     for name, g in groups.items():
         if not g[True] or not g[False]:
@@ -82,6 +96,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         sd = f" ± {statistics.stdev(g[False]):.1f}" if len(g[False]) > 1 else ""
         lines.append(f"| {name} | {what} | {ssl:.2f}{sd} | {rnd:.2f} | {ssl - rnd:+.2f} | "
                      f"{len(g[False])} |")  # fmt: skip
+    for split, obs in observers.items():
+        if obs:
+            lines.append(f"\nSecond observer on {split} ({obs.get('masks')}): Dice "
+                         f"{obs.get('dice')} over {obs.get('images')} images; "
+                         f"{len(obs.get('suspect') or [])} single-valued masks left out")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -101,6 +120,10 @@ def main() -> None:
     )
     p.add_argument("--vessel-size", type=int, default=384, help="DRIVE crop side (default: 384)")
     p.add_argument("--vessel-batch", type=int, default=4, help="DRIVE crops a step (default: 4)")
+    p.add_argument("--vessel-decoder", choices=("fpn", "unet"), default="unet",
+                   help="DRIVE decoder (default: unet)")  # fmt: skip
+    p.add_argument("--chasedb1", default=str(SHARED / "chasedb1"),
+                   help="DRIVE rows are also scored here ('' for none)")  # fmt: skip
     p.add_argument(
         "--seeds", type=int, default=3, help="at most this many draws a row (default: 3)"
     )

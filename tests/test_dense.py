@@ -13,7 +13,7 @@ from torch import nn
 from selfsup.backbones import Backbone, DenseSpec, create_backbone
 from selfsup.config import BackboneConfig
 from selfsup.eval.segmentation import SegConfusion, dice_score
-from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead
+from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead, UNetDecoder
 
 
 def _check_specs(bb: Backbone, x: torch.Tensor) -> list[torch.Tensor]:
@@ -160,6 +160,65 @@ def test_heads_shapes() -> None:
         LinearSegHead([8, 8], 5)(feats)
 
 
+def test_unet_decoder_reaches_full_resolution() -> None:
+    specs = [DenseSpec("a", 8, 4), DenseSpec("b", 16, 8), DenseSpec("c", 32, 16)]
+    # Sizes that are not multiples of the strides (ceil-sized maps, as a ResNet gives).
+    image = torch.randn(2, 3, 50, 37)
+    feats = [torch.randn(2, s.channels, -(-50 // s.stride), -(-37 // s.stride)) for s in specs]
+    head = UNetDecoder(specs, 3, width=32, min_width=8)
+    assert len(head.below) == 2  # strides 2 and 1 below the finest map's 4
+    assert head(feats, image).shape == (2, 3, 50, 37)
+    with pytest.raises(ValueError, match="FPN decoder"):
+        UNetDecoder([DenseSpec("block0", 8, 16), DenseSpec("block1", 8, 16)], 3)
+    # DenseModel hands the image to a decoder that reads it.
+    bb = create_backbone(BackboneConfig(name="resnet18", small_stem=False))
+    model = DenseModel(bb, UNetDecoder(bb.dense_specs(), 2, width=32))
+    assert model(torch.randn(1, 3, 40, 56)).shape == (1, 2, 40, 56)
+
+
+def _lines(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """32x32 images with one bright vertical line a pixel wide at a random column, under
+    noise; masks (n, 32, 32): 1 on the line."""
+    cols = torch.randint(4, 28, (n, 1, 1), generator=g)
+    y = (torch.arange(32).view(1, 1, 32) == cols).expand(n, 32, 32).long()
+    x = 2.0 * y.unsqueeze(1).float() + 0.3 * torch.randn(n, 3, 32, 32, generator=g)
+    return x, y
+
+
+def _fit_lines(head: nn.Module, bb: nn.Module, steps: int = 60) -> float:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = DenseModel(bb, head)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    weight = torch.tensor([1.0, 10.0])  # the line is 1 pixel in 32
+    model.train()
+    for _ in range(steps):
+        x, y = _lines(8, g)
+        loss = nn.functional.cross_entropy(model(x), y, weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y = _lines(16, g)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    conf = SegConfusion(2, ignore_index=255)
+    conf.update(pred, y)
+    return conf.dice(1)
+
+
+def test_unet_draws_one_pixel_lines_that_fpn_at_stride_4_cannot() -> None:
+    """What the U-Net decoder is for: structures a pixel wide. The FPN predicts at stride 4
+    and upsamples, so its line is at least ~4 pixels wide (Dice <= ~2/5 of a perfect one)."""
+    torch.manual_seed(0)
+    bb = create_backbone(BackboneConfig(name="resnet18", small_stem=False))
+    unet = _fit_lines(UNetDecoder(bb.dense_specs(), 2, width=32), bb)
+    torch.manual_seed(0)
+    bb = create_backbone(BackboneConfig(name="resnet18", small_stem=False))
+    fpn = _fit_lines(FPNDecoder(bb.dense_specs(), 2, width=32), bb)
+    assert unet > 80 and fpn < 60, (unet, fpn)
+
+
 def test_dense_model_frozen_backbone() -> None:
     bb = create_backbone(BackboneConfig(name="resnet18", small_stem=True))
     model = DenseModel(bb, LinearSegHead(512, 3), freeze_backbone=True)
@@ -289,3 +348,44 @@ def test_dice_score_two_observers() -> None:
     valid = torch.tensor([True, True, False, True])
     assert dice_score(a, b, valid) == pytest.approx(_pct(Fraction(2, 3)))  # 2*1 / (2 + 1)
     assert math.isnan(dice_score(torch.zeros(3), torch.zeros(3)))
+
+
+def test_observer_agreement_by_hand(tmp_path: object) -> None:
+    """A second observer scored against the first inside the field of view; an
+    all-foreground export (as the shared DRIVE test masks_2nd are) is left out, named."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data.segmentation import open_segmentation
+    from selfsup.tasks.segmentation import observer_agreement
+
+    root = Path(str(tmp_path))
+
+    def save(sub: str, name: str, arr: np.ndarray) -> None:
+        (root / sub).mkdir(exist_ok=True)
+        Image.fromarray(arr.astype(np.uint8)).save(root / sub / f"{name}.png")
+
+    first = np.array([[255, 255, 0, 0], [0, 0, 0, 255]])
+    second = np.array([[255, 0, 255, 0], [0, 0, 255, 0]])
+    fov = np.array([[255, 255, 255, 255], [255, 255, 0, 0]])  # the last two not scored
+    for name in ("a", "b"):
+        save("images", name, np.zeros((2, 4, 3)))
+        save("masks", name, first)
+        save("fov", name, fov)
+    save("masks_2nd", "a", second)
+    save("masks_2nd", "b", np.full((2, 4), 255))  # every pixel foreground: suspect
+    folder = open_segmentation(root)
+    assert observer_agreement(folder) is not None
+    obs = observer_agreement(folder)
+    assert obs is not None and obs["masks"] == "masks_2nd" and obs["images"] == 1
+    assert obs["suspect"] == [str(root / "masks_2nd" / "b.png")]
+    # Scored pixels of "a": first 1,1,0,0,0,0 vs second 1,0,1,0,0,0: TP 1, FN 1, FP 1.
+    assert obs["dice"] == pytest.approx(50.0)
+    # IoU foreground 1/3; background: TP 3 (pixels 4, 5, 6), FP 1, FN 1: 3/5.
+    assert obs["miou"] == pytest.approx(100 * (1 / 3 + 3 / 5) / 2)
+    (root / "masks_2nd" / "a.png").unlink()
+    (root / "masks_2nd" / "b.png").unlink()
+    (root / "masks_2nd").rmdir()
+    assert observer_agreement(open_segmentation(root)) is None

@@ -46,10 +46,16 @@ def test_eval_segment_cli(street_run: Path, tmp_path: Path, protocol: str,
     rc = main(["eval", "segment", "--checkpoint", str(street_run), "--train", str(train),
                "--test", str(test), "--protocol", protocol, "--max-steps", "2",
                "--image-size", "64", "--batch-size", "2", "--workers", "0", "--json",
-               "--no-progress", "--precision", "fp32"])  # fmt: skip
+               "--no-progress", "--precision", "fp32", "--also-test", str(test),
+               "--decoder", "unet"])  # fmt: skip
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["protocol"] == protocol and res["steps"] == 2
+    # The same model scored again on the same split through --also-test agrees with itself.
+    (again,) = res["transfer"]
+    assert again["test"] == str(test) and again["miou"] == pytest.approx(res["miou"])
+    assert again["per_class_iou"] == res["per_class_iou"] and res["observer"] is None
+    assert res["settings"]["decoder"] == "unet"
     assert 0.0 <= res["miou"] <= 100.0 and res["dice"] is None
     assert len(res["per_class_iou"]) == 11 and "road" in res["per_class_iou"]
     assert res["labelled_images"] == 4 and res["test_images"] == 2

@@ -18,8 +18,13 @@ Train a segmenter on a labelled split folder (images/ + masks/ with the same ste
 class indices with classes.json beside or above, or 0/255; optional fov/: only pixels inside
 are scored) from the run's backbone, and score it once on --test at full resolution.
   linear:   frozen backbone, BatchNorm + 1x1 head on its last dense features (DINOv2)
-  finetune: the backbone at --backbone-lr-scale x the head's rate under a light FPN decoder
---random-init: the same network untrained (its backbone learns at the head's rate)."""
+  finetune: the backbone at --backbone-lr-scale x the head's rate under a light decoder
+            (--decoder fpn: at the finest backbone stride; unet: at full resolution, for
+            structures a pixel or two wide such as vessels; CNN backbones)
+--random-init: the same network untrained (its backbone learns at the head's rate).
+A test split with a second observer (masks_2nd/) also reports that observer's agreement
+with the first; --also-test scores the trained model on further splits (another hospital
+or camera) with the same classes."""
 
 DETECT_DESCRIPTION = """\
 Fine-tune a Mask R-CNN (torchvision) with a feature pyramid over the run's backbone on a COCO
@@ -38,6 +43,11 @@ def add_eval_parsers(evs: Subparsers) -> None:
     seg.add_argument("--protocol", dest="seg_protocol", choices=("linear", "finetune"),
                      default=s.protocol, metavar="{linear,finetune}",
                      help="linear (frozen backbone) or finetune (default: %(default)s)")  # fmt: skip
+    seg.add_argument("--decoder", choices=("fpn", "unet"), default=s.decoder,
+                     help="finetune decoder (default: %(default)s)")  # fmt: skip
+    seg.add_argument("--also-test", action="append", default=None, metavar="DIR",
+                     help="a further test split scored by the same model; repeatable "
+                     "(default: none)")  # fmt: skip
     _common(seg, s, "AdamW learning rate of the head", "training crop side; test images are "
             "resized to this shorter side and scored at full resolution")  # fmt: skip
     det = evs.add_parser("detect", help="object detection and instance masks: COCO AP",
@@ -90,6 +100,22 @@ def _settings(a: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def _observer_rows(obs: dict[str, Any] | None, prefix: str) -> list[tuple[str, str]]:
+    """The second observer's agreement with the first, or why there is none."""
+    if obs is None:
+        return []
+    if obs.get("error"):
+        return [(f"{prefix}{obs['masks']}", f"unusable: {obs['error']}")]
+    what = "Dice" if obs["dice"] is not None else "mIoU"
+    value = obs["dice"] if obs["dice"] is not None else obs["miou"]
+    shown = "-" if value is None else f"{value:.2f}"
+    rows = [(f"{prefix}{obs['masks']} vs masks: {what} (%)", shown)]
+    if obs["suspect"]:
+        rows.append((f"{prefix}{obs['masks']} left out", f"{len(obs['suspect'])} single-valued "
+                     f"mask(s), e.g. {obs['suspect'][0]}"))  # fmt: skip
+    return rows
+
+
 def _save_folder(a: argparse.Namespace) -> Path | None:
     if a.no_save:
         return None
@@ -109,8 +135,9 @@ def run(a: argparse.Namespace) -> int:
     if a.protocol == "segment":
         from selfsup.tasks.segmentation import SegmentConfig, evaluate_segmentation
 
-        cfg = SegmentConfig(protocol=a.seg_protocol, **_settings(a))
-        res: Any = evaluate_segmentation(a.checkpoint, a.train, a.test, cfg, **kw)
+        cfg = SegmentConfig(protocol=a.seg_protocol, decoder=a.decoder, **_settings(a))
+        res: Any = evaluate_segmentation(a.checkpoint, a.train, a.test, cfg,
+                                         also_test=a.also_test, **kw)  # fmt: skip
         title = f"segment ({res.protocol}, {what})"
         rows = [("mIoU (%)", f"{res.miou:.2f}")]
         if res.dice is not None:
@@ -118,6 +145,13 @@ def run(a: argparse.Namespace) -> int:
         rows.append(("pixel accuracy (%)", f"{res.pixel_acc:.2f}"))
         rows += [(f"IoU {k} (%)", "-" if v != v else f"{v:.2f}")
                  for k, v in res.per_class_iou.items()]  # fmt: skip
+        rows += _observer_rows(res.observer, "")
+        for t in res.transfer:
+            where = Path(t["test"]).name or t["test"]
+            rows.append((f"{where}: mIoU (%)", f"{t['miou']:.2f}"))
+            if t["dice"] is not None:
+                rows.append((f"{where}: Dice of the foreground (%)", f"{t['dice']:.2f}"))
+            rows += _observer_rows(t["observer"], f"{where}: ")
     else:
         from selfsup.tasks.detection import DetectConfig, evaluate_detection
 

@@ -7,6 +7,10 @@
   for Object Detection", CVPR 2017) with the semantic branch of Panoptic FPN (Kirillov et
   al., "Panoptic Feature Pyramid Networks", CVPR 2019): every level brought to the finest
   stride and fused.
+- :class:`UNetDecoder`: U-Net's expanding path (Ronneberger et al., "U-Net: Convolutional
+  Networks for Biomedical Image Segmentation", MICCAI 2015) over the backbone's levels, carried
+  on to full resolution with skips from a shallow branch on the image itself, for structures
+  a pixel or two wide (retinal vessels) that a stride-4 prediction cannot draw.
 - :class:`DenseModel`: backbone + head, logits upsampled to the input size.
 """
 
@@ -140,6 +144,97 @@ class FPNDecoder(nn.Module):
         return out
 
 
+class UNetDecoder(nn.Module):
+    """U-Net's expanding path over a backbone's levels, continued to full resolution.
+
+    From the coarsest level up: upsample to the next finer level, concatenate its lateral
+    (1x1-projected) map, two 3x3 conv-GN-ReLU. Below the backbone's finest stride, each
+    halving of the stride takes a skip from a shallow branch on the image (two 3x3
+    conv-GN-ReLU at stride 1, then strided copies), so the classifier sees full-resolution
+    edges however deep the backbone's finest map is. Widths halve with the stride, from
+    ``width`` at the coarsest level down to ``min_width``.
+
+    ``forward(feats, image)``: ``[(B, C_i, h_i, w_i)], (B, C, H, W) -> (B, K, H, W)``.
+    """
+
+    uses_image = True
+
+    def __init__(
+        self,
+        specs: Sequence[DenseSpec],
+        num_classes: int,
+        in_chans: int = 3,
+        width: int = 256,
+        min_width: int = 16,
+    ) -> None:
+        super().__init__()
+        specs = list(specs)
+        if not specs:
+            raise ValueError("UNetDecoder needs at least one feature level")
+        strides = [s.stride for s in specs]
+        if strides != sorted(strides) or len(set(strides)) != len(strides):
+            raise ValueError(
+                f"UNetDecoder needs levels of strictly growing stride (a CNN's), got {strides}; "
+                "use the FPN decoder for a ViT's single-stride maps"
+            )
+        if any(s & (s - 1) for s in strides):
+            raise ValueError(f"UNetDecoder needs power-of-two strides, got {strides}")
+        self.specs = specs
+        n = len(specs)
+        widths = [max(min_width, width >> (n - 1 - i)) for i in range(n)]  # fine .. coarse
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(s.channels, w, kernel_size=1) for s, w in zip(specs, widths, strict=True)
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(_conv_gn_relu(widths[i + 1] + widths[i], widths[i]),
+                          _conv_gn_relu(widths[i], widths[i]))
+            for i in range(n - 1)
+        )  # fmt: skip
+        # Below the finest backbone stride: strides finest/2, ..., 1, skips from the image.
+        fine = strides[0].bit_length() - 1  # log2 of the finest stride
+        self.shallow_width = min_width
+        self.shallow = nn.Sequential(_conv_gn_relu(in_chans, min_width),
+                                     _conv_gn_relu(min_width, min_width))  # fmt: skip
+        prev = widths[0]
+        self.below = nn.ModuleList()
+        for _ in range(fine):
+            self.below.append(nn.Sequential(_conv_gn_relu(prev + min_width, min_width),
+                                            _conv_gn_relu(min_width, min_width)))  # fmt: skip
+            prev = min_width
+        self.classifier = nn.Conv2d(prev, num_classes, kernel_size=1)
+        # What levels() returns: channels and strides of each map, coarse to fine.
+        self.level_channels = [widths[i] for i in range(n - 2, -1, -1)] + [min_width] * fine
+        self.level_strides = [strides[i] for i in range(n - 2, -1, -1)] + [
+            2 ** (fine - 1 - j) for j in range(fine)
+        ]
+
+    def levels(self, feats: Sequence[torch.Tensor], image: torch.Tensor) -> list[torch.Tensor]:
+        """The decoder's maps after each block, coarse to fine (the last at full
+        resolution): for heads that predict at several scales (Monodepth2's disparities)."""
+        if len(feats) != len(self.specs):
+            raise ValueError(f"UNetDecoder built for {len(self.specs)} levels, got {len(feats)}")
+        lat = [conv(f) for conv, f in zip(self.lateral, feats, strict=True)]
+        x, out = lat[-1], []
+        for i in range(len(lat) - 2, -1, -1):
+            x = _resize(x, (int(lat[i].shape[-2]), int(lat[i].shape[-1])))
+            x = self.up[i](torch.cat([x, lat[i]], dim=1))
+            out.append(x)
+        skip = self.shallow(image)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        for j, block in enumerate(self.below):
+            s = 2 ** (len(self.below) - 1 - j)  # the stride this block works at
+            size = (-(-h // s), -(-w // s))
+            x = _resize(x, size)
+            side = skip if s == 1 else F.avg_pool2d(skip, s, ceil_mode=True)
+            x = block(torch.cat([x, _resize(side, size)], dim=1))
+            out.append(x)
+        return out
+
+    def forward(self, feats: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.levels(feats, image)[-1])
+        return out
+
+
 class DenseModel(nn.Module):
     """A backbone's ``forward_dense`` maps into a dense head, logits upsampled (bilinear) to
     the input: ``(B, C, H, W) -> (B, num_classes, H, W)``.
@@ -190,5 +285,9 @@ class DenseModel(nn.Module):
         return feats if self.levels is None else [feats[i] for i in self.levels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.head(self.features(x))
+        feats = self.features(x)
+        # A decoder that reads the image too (U-Net's full-resolution skips) says so.
+        logits: torch.Tensor = (
+            self.head(feats, x) if getattr(self.head, "uses_image", False) else self.head(feats)
+        )
         return _resize(logits, (int(x.shape[-2]), int(x.shape[-1])))

@@ -2,8 +2,10 @@
 
 - **linear** (DINOv2, Oquab et al., 2023, Sec. 7.4): the backbone frozen, a linear 1x1 head
   (with BatchNorm) on its dense features, upsampled to the image.
-- **finetune**: the backbone trained at a lower learning rate under a light FPN decoder
-  (Panoptic FPN, Kirillov et al., 2019).
+- **finetune**: the backbone trained at a lower learning rate under a light decoder: FPN
+  (Panoptic FPN, Kirillov et al., 2019; predicts at the backbone's finest stride) or U-Net
+  (Ronneberger et al., 2015; continued to full resolution with skips from the image, for
+  structures a pixel or two wide).
 
 Both are one :class:`SegmentationTask` (a :class:`~selfsup.heads.dense.DenseModel`,
 cross-entropy that ignores the ignore index, mIoU / Dice on a test split) handed to the one
@@ -28,12 +30,13 @@ from torch.utils.data import Dataset
 
 from selfsup.data.segmentation import SegmentationFolder
 from selfsup.eval.segmentation import SegConfusion
-from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead
+from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead, UNetDecoder
 from selfsup.train.supervised import LoopConfig, SupervisedLoop
 from selfsup.transforms.dense import SegEval, SegTrain
 from selfsup.viz.dense import segmentation_figure
 
 PROTOCOLS = ("linear", "finetune")
+DECODERS = ("fpn", "unet")
 
 
 @dataclass
@@ -51,7 +54,10 @@ class SegmentConfig:
     # The pretrained backbone's learning rate relative to the head's (finetune protocol).
     backbone_lr_scale: float = 0.1
     weight_decay: float = 1e-4
-    # FPN width of the finetune decoder.
+    # The finetune protocol's decoder: "fpn" (predicts at the finest backbone stride) or
+    # "unet" (full resolution; CNN backbones).
+    decoder: str = "fpn"
+    # Width of the finetune decoder (FPN: every level; U-Net: the coarsest, halving finer).
     decoder_width: int = 128
     warmup_fraction: float = 0.05
     seed: int = 0
@@ -76,14 +82,64 @@ class SegmentResult:
     image_size: int
     random_init: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    # A second observer's masks on the test split scored as a prediction of the first's
+    # (the human reference: ``observer_agreement``), when the split has them.
+    observer: dict[str, Any] | None = None
+    # The same model scored on further test splits (another hospital, another camera):
+    # one dict per split with ``test`` and the metrics above.
+    transfer: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """For JSON: NaN (a class absent from prediction and truth) becomes null."""
         d = asdict(self)
-        d["per_class_iou"] = {
-            k: None if math.isnan(v) else v for k, v in self.per_class_iou.items()
-        }
+        d["per_class_iou"] = _nulls(self.per_class_iou)
+        for t in d["transfer"]:
+            t["per_class_iou"] = _nulls(t["per_class_iou"])
         return d
+
+
+def _nulls(ious: dict[str, float]) -> dict[str, float | None]:
+    return {k: None if math.isnan(v) else v for k, v in ious.items()}
+
+
+def observer_agreement(test: SegmentationFolder) -> dict[str, Any] | None:
+    """Score a second observer (the split's first ``masks_*/`` folder, e.g. ``masks_2nd``)
+    as a prediction of the first, over the same scored pixels: the agreement of two humans,
+    the reference a model's Dice is read against. Masks with a single value over the scored
+    pixels where the first observer has several (an all-foreground export, as the shared
+    DRIVE test ``masks_2nd`` are) are left out and listed in ``suspect``; ``None`` when the
+    split has no other observer."""
+    from selfsup.data.sources import DataError
+
+    others = sorted(d.name for d in test.root.iterdir()
+                    if d.is_dir() and d.name.startswith("masks_"))  # fmt: skip
+    if not others:
+        return None
+    name = others[0]
+    try:
+        second = SegmentationFolder(test.root, masks=name)
+    except DataError as err:
+        return {"masks": name, "error": str(err)}
+    by_stem = {s: i for i, s in enumerate(second.stems)}
+    conf = SegConfusion(test.num_classes, test.ignore_index)
+    suspect, used = [], 0
+    for i, stem in enumerate(test.stems):
+        if stem not in by_stem:
+            continue
+        truth = test.load(i).mask
+        other = second.load(by_stem[stem]).mask
+        scored = truth != test.ignore_index
+        if _distinct(other[scored]) == 1 and _distinct(truth[scored]) > 1:
+            suspect.append(str(second.mask_path(by_stem[stem])))
+            continue
+        conf.update(other.masked_fill(~scored, 0)[None], truth[None])
+        used += 1
+    res = conf.result(list(test.classes)) if used else None
+    return {
+        "masks": name, "images": used, "suspect": suspect,
+        "miou": None if res is None else float(res["miou"]),
+        "dice": None if res is None or res["dice"] is None else float(res["dice"]),
+    }  # fmt: skip
 
 
 class SegSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -114,13 +170,20 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.expand(channels, -1, -1) if x.shape[0] == 1 else x
 
 
-def build_model(backbone: nn.Module, num_classes: int, cfg: SegmentConfig) -> DenseModel:
-    """The linear head on a frozen backbone, or the FPN decoder on a trainable one."""
+def build_model(
+    backbone: nn.Module, num_classes: int, cfg: SegmentConfig, channels: int = 3
+) -> DenseModel:
+    """The linear head on a frozen backbone, or the FPN / U-Net decoder on a trainable one."""
     specs = backbone.dense_specs()  # type: ignore[operator]
     if cfg.protocol == "linear":
         head: nn.Module = LinearSegHead([specs[-1].channels], num_classes)
         return DenseModel(backbone, head, freeze_backbone=True, levels=[len(specs) - 1])
-    head = FPNDecoder(specs, num_classes, width=cfg.decoder_width)
+    if cfg.decoder == "unet":
+        head = UNetDecoder(specs, num_classes, in_chans=channels, width=cfg.decoder_width)
+    elif cfg.decoder == "fpn":
+        head = FPNDecoder(specs, num_classes, width=cfg.decoder_width)
+    else:
+        raise ValueError(f"decoder {cfg.decoder!r} is not one of {', '.join(DECODERS)}")
     return DenseModel(backbone, head, freeze_backbone=False)
 
 
@@ -194,16 +257,18 @@ def train_segmenter(
     cfg: SegmentConfig,
     random_init: bool = False,
     progress: bool | None = None,
+    also_test: list[SegmentationFolder] | None = None,
 ) -> tuple[DenseModel, SegmentResult]:
     """Train a segmenter on ``train`` (all of it: sample it first for few labels) and test it
-    once on ``test``. ``random_init`` trains the backbone at the head's learning rate."""
+    once on ``test`` (and on each of ``also_test``, into ``result.transfer``).
+    ``random_init`` trains the backbone at the head's learning rate."""
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"protocol {cfg.protocol!r} is not one of {', '.join(PROTOCOLS)}")
     t0 = time.perf_counter()
     scale = 1.0 if random_init else cfg.backbone_lr_scale
 
     def build() -> SegmentationTask:  # called by the loop once seeded
-        model = build_model(backbone, train.num_classes, cfg)
+        model = build_model(backbone, train.num_classes, cfg, channels)
         task = SegmentationTask(model, train.num_classes, train.ignore_index, scale)
         task.classes = list(train.classes)
         return task
@@ -216,17 +281,43 @@ def train_segmenter(
         ),
         channels,
     )
+    for other in also_test or []:
+        _same_classes(train, other)
     run = loop.fit(train_set)
     m = loop.evaluate(SegSet(test, SegEval(cfg.image_size, mean, std), channels))
+    transfer = []
+    for other in also_test or []:
+        t = loop.evaluate(SegSet(other, SegEval(cfg.image_size, mean, std), channels))
+        transfer.append({
+            "test": str(other.root), "test_images": len(other), "miou": t["miou"],
+            "dice": None if math.isnan(t["dice"]) else t["dice"], "pixel_acc": t["pixel_acc"],
+            "per_class_iou": {k[4:]: v for k, v in t.items() if k.startswith("iou/")},
+            "observer": observer_agreement(other),
+        })  # fmt: skip
     result = SegmentResult(
         protocol=cfg.protocol, miou=m["miou"],
         per_class_iou={k[4:]: v for k, v in m.items() if k.startswith("iou/")},
         dice=None if math.isnan(m["dice"]) else m["dice"], pixel_acc=m["pixel_acc"],
         labelled_images=len(train), test_images=len(test), steps=run.steps,
         seconds=time.perf_counter() - t0, image_size=cfg.image_size, random_init=random_init,
-        settings=asdict(cfg),
+        settings=asdict(cfg), observer=observer_agreement(test), transfer=transfer,
     )  # fmt: skip
     return loop.task.model, result
+
+
+def _distinct(values: torch.Tensor) -> int:
+    return int(torch.unique(values).numel())
+
+
+def _same_classes(train: SegmentationFolder, other: SegmentationFolder) -> None:
+    from selfsup.data.sources import DataError
+
+    if list(other.classes) != list(train.classes):
+        raise DataError(
+            f"{other.root} has classes {other.classes} but the training split {train.root} "
+            f"has {train.classes}; a further test split needs the same classes in the same "
+            "order (a classes.json beside it, or the same 0/255 binary masks)."
+        )
 
 
 def dense_backbone(method: nn.Module) -> nn.Module:
@@ -250,12 +341,14 @@ def evaluate_segmentation(
     random_init: bool = False,
     progress: bool | None = None,
     save: str | Path | None = None,
+    also_test: list[str | Path] | None = None,
 ) -> SegmentResult:
     """Train a segmenter on the labelled split folder ``train`` (``fraction`` of its images
     or ``shots`` images, drawn with ``cfg.seed``) from the run's backbone (or its untrained
     twin with ``random_init``) and score it once on ``test``. ``save``: a folder that
     receives ``<name>.json`` (the result) and ``<name>.png`` (a few test images, their
-    truth and the prediction); the run's report shows both."""
+    truth and the prediction); the run's report shows both. ``also_test``: further test
+    splits (same classes) the trained model is scored on too (``result.transfer``)."""
     import copy
 
     from selfsup.data.segmentation import open_segmentation
@@ -270,8 +363,10 @@ def evaluate_segmentation(
     test_folder = open_segmentation(test)
     d = loaded.config.data
     channels = loaded.config.backbone.in_chans
+    others = [open_segmentation(p) for p in also_test or []]
     model, result = train_segmenter(backbone, train_folder, test_folder, list(d.mean),
-                                    list(d.std), channels, cfg, random_init, progress)  # fmt: skip
+                                    list(d.std), channels, cfg, random_init, progress,
+                                    others)  # fmt: skip
     result.settings |= {"checkpoint": str(loaded.file), "train": str(train), "test": str(test),
                         "fraction": fraction, "shots": shots}  # fmt: skip
     if save is not None:
