@@ -12,6 +12,8 @@ module          commands
 ``export``      export
 ``viz``         viz, report
 ``embed``       embed, curate
+``dense``       eval segment, eval detect
+``depth``       eval depth, depth train / eval / predict
 ==============  ====================================================
 """
 
@@ -21,7 +23,7 @@ import argparse
 from collections.abc import Sequence
 
 from selfsup import __version__, progress
-from selfsup.cli import data, embed, experiment, export, pretrain, viz
+from selfsup.cli import data, depth, embed, experiment, export, pretrain, viz
 from selfsup.cli import eval as eval_
 from selfsup.cli.common import Formatter, run_handler
 from selfsup.cli.pretrain import PRETRAIN_FLAGS
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_methods_parser(sub)
     pretrain.add_config_parser(sub)
     export.add_parser(sub)
+    depth.add_parser(sub)
     viz.add_viz_parser(sub)
     viz.add_report_parser(sub)
     embed.add_embed_parser(sub)

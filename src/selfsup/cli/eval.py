@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from selfsup.cli import dense, experiment
+from selfsup.cli import dense, depth, experiment
 from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def add_parser(sub: Subparsers) -> None:
     _linear_options(lin)
     experiment.add_eval_parsers(evs)
     dense.add_eval_parsers(evs)
+    depth.add_eval_parsers(evs)
 
 
 def _frozen_options(e: argparse.ArgumentParser) -> None:
@@ -173,12 +174,14 @@ def run_eval(a: argparse.Namespace) -> int:
 
     if a.protocol is None:
         raise ConfigError(
-            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain|segment"
+            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain|segment|detect|depth"
         )
     if a.protocol in experiment.EVAL_PROTOCOLS:
         return experiment.run_fewlabel(a)
     if a.protocol in dense.EVAL_PROTOCOLS:
         return dense.run(a)
+    if a.protocol in depth.EVAL_PROTOCOLS:
+        return depth.run(a)
     if a.checkpoint is None and not a.random_init:
         raise ConfigError("pass --checkpoint RUN (or --random-init to evaluate an untrained net).")
     if a.floor and a.checkpoint is None:

@@ -243,6 +243,9 @@ class SupervisedLoop(Generic[T]):
         resumed_at = None
         if cfg.resume:
             s, best, resumed_at = self._resume(s, best)
+            if s.stopped == "steps" and s.step < total:
+                # Resumed under a larger step budget: go on (the schedule spans the new total).
+                s.stopped = ""
         bar = progress_bar(total=total, initial=s.step, desc=cfg.desc, unit="step",
                            enabled=cfg.progress)  # fmt: skip
         try:

@@ -285,3 +285,34 @@ class DetDataset(Dataset[tuple[torch.Tensor, DetTarget]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, DetTarget]:
         image, target = self.folder.load(i)
         return self.transform(image, target)
+
+
+class DepthView:
+    """A colour frame and its depth map: the image resized so its shorter side is ``size``
+    and normalised; the depth (metres, 0 invalid) stays at full resolution, where metrics
+    and the loss are computed; both flipped left-right together with probability
+    ``hflip`` (training). Depth is not resized or cropped here: rescaling an image changes
+    the apparent depth of what it shows.
+
+    ``(image (3, H, W) uint8, depth (H, W)) -> (float32 (3, h, w), float32 (H, W))``.
+    """
+
+    def __init__(self, size: int | None, mean: Sequence[float], std: Sequence[float],
+                 hflip: float = 0.0) -> None:  # fmt: skip
+        self.size, self.hflip = size, hflip
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(
+        self, image: torch.Tensor, depth: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hw = (int(image.shape[-2]), int(image.shape[-1]))
+        if self.size is not None:
+            hw = short_side_size(hw, self.size)
+        img = normalise(resize_image(to_unit(image), hw), self.mean, self.std)
+        depth = depth.float()
+        if self.hflip > 0 and _uniform(0.0, 1.0, generator) < self.hflip:
+            img, depth = img.flip(-1), depth.flip(-1)
+        return img, depth
+
+    def __repr__(self) -> str:
+        return f"DepthView(size={self.size}, hflip={self.hflip})"

@@ -69,3 +69,40 @@ def detection_figure(rows: list[tuple[torch.Tensor, torch.Tensor, dict[str, torc
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.stack(padded).float() / 255, path, nrow=2, padding=4, pad_value=1.0)
     return path
+
+
+def colourise_depth(depth: torch.Tensor, lo: float, hi: float,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Depth ``(H, W)`` in metres -> uint8 ``(3, H, W)`` through matplotlib's ``magma``
+    (near bright, far dark, as depth papers draw it) over ``[lo, hi]``; invalid pixels
+    black."""
+    from matplotlib import colormaps
+
+    t = ((hi - depth.float()) / max(hi - lo, 1e-6)).clamp(0, 1)
+    rgb = torch.from_numpy(colormaps["magma"](t.numpy())[..., :3]).permute(2, 0, 1)
+    out = (rgb * 255).round().to(torch.uint8)
+    if valid is not None:
+        out[:, ~valid] = 0
+    return out
+
+
+def depth_figure(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: Path,
+                 max_depth: float = 10.0) -> Path:  # fmt: skip
+    """One row per frame: the image uint8 ``(3, H, W)``, the predicted depth, the true depth
+    and the absolute relative error (black 0, white >= 50%), all ``(H, W)`` in metres; the
+    colour range is the true depth's 2-98th percentile of each frame."""
+    from torchvision.utils import save_image
+
+    tiles = []
+    for image, pred, truth in rows:
+        valid = (truth > 0) & (truth < max_depth)
+        vals = truth[valid] if bool(valid.any()) else pred.flatten()
+        lo, hi = float(vals.quantile(0.02)), float(vals.quantile(0.98))
+        err = ((pred - truth).abs() / truth.clamp_min(1e-6) / 0.5).clamp(0, 1)
+        err_img = (err * 255).round().to(torch.uint8).expand(3, -1, -1).clone()
+        err_img[:, ~valid] = 0
+        tiles += [image, colourise_depth(pred, lo, hi), colourise_depth(truth, lo, hi, valid),
+                  err_img]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.stack(tiles).float() / 255, path, nrow=4, padding=4, pad_value=1.0)
+    return path
