@@ -91,6 +91,10 @@ def run_data(a: argparse.Namespace) -> int:
 
     if dense_layout(a.path) is not None:
         return run_dense_check(a)
+    from selfsup.data.video import has_video_files
+
+    if has_video_files(a.path):
+        return run_video_check(a)
     report = check_folder(a.path, channels=a.channels, workers=a.workers)
     written = save_report(report, a.out)
     if a.json:
@@ -103,6 +107,35 @@ def run_data(a: argparse.Namespace) -> int:
         print(f"... and {len(report['unreadable']) - 10} more (see the report)")
     print(f"report: {written[0]}")
     return 0
+
+
+def run_video_check(a: argparse.Namespace) -> int:
+    """``data check`` of a folder of videos; 1 when some cannot be read."""
+    from pathlib import Path
+
+    from selfsup.data.video import check_videos
+
+    r = check_videos(a.path)
+    Path(a.out).write_text(json.dumps(r, indent=2))
+    if a.json:
+        print(json.dumps(r))
+        return 1 if r["unreadable"] else 0
+
+    def spread(d: dict[str, float], fmt: str) -> str:
+        return " / ".join(format(d[k], fmt) for k in ("min", "median", "max")) if d else "-"
+
+    rows = [("layout", "videos (files or frame folders)"),
+            ("videos", f"{r['videos']} ({r['readable']} readable)"),
+            ("classes", _counts(r["classes"]) if r["classes"] else "none"),
+            ("frames (min / median / max)", spread(r["frames"], ".0f")),
+            ("duration s (min / median / max)", spread(r["duration_s"], ".2f")),
+            ("frame rate (min / median / max)", spread(r["fps"], ".2f")),
+            ("sizes", _counts(r["sizes"])), ("formats", ", ".join(r["formats"]))]  # fmt: skip
+    print_table(f"data check: {r['path']}", rows)
+    for bad in r["unreadable"][:10]:
+        print(f"unreadable: {bad['file']}: {bad['error']}")
+    print(f"report: {a.out}")
+    return 1 if r["unreadable"] else 0
 
 
 def _share(x: float) -> str:

@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from selfsup.cli import dense, depth, experiment
+from selfsup.cli import dense, depth, experiment, video
 from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ def add_parser(sub: Subparsers) -> None:
     experiment.add_eval_parsers(evs)
     dense.add_eval_parsers(evs)
     depth.add_eval_parsers(evs)
+    video.add_eval_parsers(evs)
 
 
 def _frozen_options(e: argparse.ArgumentParser) -> None:
@@ -174,7 +175,7 @@ def run_eval(a: argparse.Namespace) -> int:
 
     if a.protocol is None:
         raise ConfigError(
-            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain|segment|detect|depth"
+            "choose a protocol: selfsup eval knn|linear|fewshot|finetune|scratch|selftrain|segment|detect|depth|video"
         )
     if a.protocol in experiment.EVAL_PROTOCOLS:
         return experiment.run_fewlabel(a)
@@ -182,6 +183,8 @@ def run_eval(a: argparse.Namespace) -> int:
         return dense.run(a)
     if a.protocol in depth.EVAL_PROTOCOLS:
         return depth.run(a)
+    if a.protocol in video.EVAL_PROTOCOLS:
+        return video.run(a)
     if a.checkpoint is None and not a.random_init:
         raise ConfigError("pass --checkpoint RUN (or --random-init to evaluate an untrained net).")
     if a.floor and a.checkpoint is None:

@@ -1,0 +1,75 @@
+"""``selfsup eval video``: clip features of a run's backbone on labelled videos, kNN and a
+linear probe under k-fold cross-validation over videos (:mod:`selfsup.eval.video`), beside
+the same network untrained when asked."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfsup.data.video import open_videos
+from selfsup.eval.video import clip_features, cross_validate
+
+
+def evaluate_video(
+    run: str | Path,
+    data: str | Path,
+    *,
+    frames: int = 8,
+    stride: int = 4,
+    n_clips: int = 2,
+    folds: int = 3,
+    k: int = 5,
+    seed: int = 0,
+    image_size: int | None = None,
+    random_init: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Cross-validated clip classification of the videos under ``data`` (class folders) by
+    the run's backbone (``random_init``: its untrained twin). The top-level ``top1_mean``,
+    ``top1_std``, ``balanced_mean`` are the linear probe's; ``knn`` and ``linear`` hold
+    both protocols."""
+    from selfsup.progress import progress_bar
+    from selfsup.runs import load_run
+    from selfsup.runtime import autocast, device_and_precision
+    from selfsup.transforms.base import eval_transform
+
+    t0 = time.perf_counter()
+    folder = open_videos(data)
+    if not folder.classes:
+        raise ValueError(f"{data}: eval video needs class folders (<root>/<class>/<video>)")
+    loaded = load_run(run, random_init)
+    dev, prec = device_and_precision(device, precision)
+    model = loaded.method.feature_extractor().to(dev).eval()
+    d = loaded.config.data
+    size = image_size or int(d.image_size or 224)
+    transform = eval_transform(size, list(d.mean), list(d.std))
+    channels = loaded.config.backbone.in_chans
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        if channels == 1:
+            x = x.mean(1, keepdim=True)
+        with autocast(dev, prec):
+            out: torch.Tensor = model(x.to(dev))
+        return out.float().cpu()
+
+    bar = progress_bar(total=len(folder), desc="clip features", unit="video", enabled=progress)
+    try:
+        feats = clip_features(encode, folder, transform, frames, stride, n_clips, bar)
+    finally:
+        bar.close()
+    labels = torch.tensor(folder.labels)
+    res = cross_validate(feats, labels, folds=folds, seed=seed, k=k)
+    return {
+        **{key: res["linear"][key] for key in ("top1_mean", "top1_std", "balanced_mean")},
+        "knn": res["knn"], "linear": res["linear"], "videos": len(folder),
+        "classes": folder.classes, "skipped": folder.skipped, "folds": folds,
+        "frames": frames, "stride": stride, "clips": n_clips, "image_size": size,
+        "random_init": random_init, "checkpoint": str(loaded.file), "data": str(data),
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
