@@ -150,6 +150,14 @@ def test_eval_video_and_data_check_cli(small_weizmann: Path, tmp_path: Path,
         == 2
     )  # 3 videos a class: said, not a traceback
     assert "lower --folds" in capsys.readouterr().err
+    # One embedding per video, readable back with its class.
+    from selfsup.embeddings import read_embeddings
+
+    assert main(["embed", "--checkpoint", str(run), "--data", str(small_weizmann), "--out",
+                 str(tmp_path / "clips.parquet"), "--no-progress", "--precision", "fp32"]) == 0  # fmt: skip
+    emb = read_embeddings(tmp_path / "clips.parquet")
+    assert emb.vectors.shape == (6, 512) and emb.paths[0].endswith("clip01.mp4")
+    capsys.readouterr()
     assert main(["data", "check", str(small_weizmann), "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "videos" in out and "bend: 3" in out and "64x64" in out

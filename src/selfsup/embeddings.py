@@ -14,6 +14,10 @@ as they come, so memory stays bounded however large the folder is:
 
 Files appear only when complete (written under a temporary name, then renamed).
 Unreadable images are skipped with a warning, so rows may be fewer than files.
+
+A folder of videos (files or frame folders, :mod:`selfsup.data.video`) gives one row per
+video: its clips' frames through the backbone, averaged (the clip feature of ``selfsup eval
+video``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class FeatureModel:
 
 def feature_model(
     model: str | Path | Method | nn.Module,
-    source: ImageSource,
+    source: ImageSource | None,
     image_size: int | None = None,
     random_init: bool = False,
 ) -> FeatureModel:
@@ -77,7 +81,9 @@ def feature_model(
         net, name = model.feature_extractor(), type(model).__name__
     else:
         net, name = model, type(model).__name__
-    size = image_size or (cfg.data.image_size if cfg else None) or auto_image_size(source)
+    size = image_size or (cfg.data.image_size if cfg else None)
+    if size is None:  # the images' own size up to 64 px, else 224 (and 224 without images)
+        size = auto_image_size(source) if source is not None else 224
     return FeatureModel(
         net=net,
         image_size=size,
@@ -299,6 +305,12 @@ def embed(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
     dev, prec = check_device_precision(device, precision)
+    if isinstance(data, str | Path):
+        from selfsup.data.video import has_video_files
+
+        if has_video_files(data):
+            return _embed_videos(model, Path(data), path, image_size, dev, prec, l2_normalize,
+                                 random_init, progress, t0)  # fmt: skip
     source = subset(open_data(data, split, data_root), limit, seed=0)
     fm = feature_model(model, source, image_size, random_init)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,6 +345,55 @@ def embed(
     sidecars = [p for p in getattr(sink, "sidecars", []) if p.exists()]
     return EmbedResult(path, rows, dim, len(source), len(source) - rows,
                        time.perf_counter() - t0, sidecars)  # fmt: skip
+
+
+def _embed_videos(model: str | Path | Method | nn.Module, data: Path, path: Path,
+                  image_size: int | None, dev: torch.device, prec: str, l2_normalize: bool,
+                  random_init: bool, progress: bool | None, t0: float) -> EmbedResult:  # fmt: skip
+    """One row per video of ``data``: the mean of its clips' frame features."""
+    from selfsup.data.video import open_videos
+    from selfsup.eval.video import clip_features
+    from selfsup.progress import progress_bar
+    from selfsup.runtime import autocast
+
+    folder = open_videos(data)
+    fm = feature_model(model, None, image_size, random_init)
+    net = fm.net.to(dev).eval()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        if fm.channels == 1:
+            x = x.mean(1, keepdim=True)
+        with autocast(dev, prec):
+            out: torch.Tensor = net(x.to(dev))
+        return out.float().cpu()
+
+    bar = progress_bar(total=len(folder), desc=f"embed {data.name}", unit="video",
+                       enabled=progress)  # fmt: skip
+    try:
+        feats = clip_features(encode, folder, eval_transform(fm.image_size, fm.mean, fm.std),
+                              progress=bar)  # fmt: skip
+    finally:
+        bar.close()
+    if l2_normalize:
+        feats = torch.nn.functional.normalize(feats, dim=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": fm.name, "data": str(data), "image_size": fm.image_size,
+            "l2_normalized": l2_normalize, "classes": folder.classes, "unit": "video"}  # fmt: skip
+    sink: _Sink = (_ParquetSink(path, meta) if path.suffix.lower() == ".parquet"
+                   else _NpySink(path, len(folder)))  # fmt: skip
+    try:
+        batch = FeatureBatch(torch.arange(len(folder)), feats, torch.tensor(folder.labels))
+        sink.write(batch, [str(p) for p in folder.paths], list(folder.classes))
+        rows = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    if folder.skipped:
+        warnings.warn(f"{len(folder.skipped)} unreadable videos of {data} were skipped, e.g. "
+                      f"{folder.skipped[0]}", stacklevel=3)  # fmt: skip
+    sidecars = [p for p in getattr(sink, "sidecars", []) if p.exists()]
+    return EmbedResult(path, rows, int(feats.shape[1]), len(folder) + len(folder.skipped),
+                       len(folder.skipped), time.perf_counter() - t0, sidecars)  # fmt: skip
 
 
 @dataclass
