@@ -161,3 +161,45 @@ def test_eval_video_and_data_check_cli(small_weizmann: Path, tmp_path: Path,
     assert main(["data", "check", str(small_weizmann), "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "videos" in out and "bend: 3" in out and "64x64" in out
+
+
+def test_video_source_draws_views_from_nearby_moments(small_weizmann: Path) -> None:
+    from selfsup.data.sources import open_source
+    from selfsup.data.video import VideoSource
+    from selfsup.transforms.base import MultiView
+
+    src = open_source(str(small_weizmann), video_gap=3)
+    assert isinstance(src, VideoSource) and len(src) == 6 and src.labels == [0, 0, 0, 1, 1, 1]
+    v = src.frames(0)
+    assert src.load(0).shape == (64, 64, 3)
+    np.testing.assert_array_equal(src.load(0), v[len(v) // 2].permute(1, 2, 0).numpy())
+    a = src.load_views(0, seed=7, n=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, src.load_views(0, seed=7, n=2), strict=True))
+    # Each view is a frame of the clip at most 3 frames from the first.
+    frames = [v[t].permute(1, 2, 0).numpy() for t in range(len(v))]
+    where = [[t for t, f in enumerate(frames) if np.array_equal(f, x)] for x in a]
+    assert all(where) and min(abs(p - q) for p in where[0] for q in where[1]) <= 3
+    draws = {
+        tuple(np.asarray(src.load_views(0, seed=s, n=2)).reshape(2, -1)[:, 0]) for s in range(8)
+    }
+    assert len(draws) > 1  # seeds draw different moments
+    # Views of a stack of moments: view k from frame k.
+    mv = MultiView([lambda x: x.float().mean().reshape(1), lambda x: x.float().mean().reshape(1)])
+    stack = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])
+    assert [float(t) for t in mv(stack)] == [0.0, 1.0]
+
+
+def test_pretrain_on_videos_takes_views_from_two_moments(small_weizmann: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    import selfsup
+    from selfsup.config import ConfigError
+
+    res = selfsup.pretrain("simclr", data=str(small_weizmann), out=tmp_path / "run", steps=2,
+                           batch_size=4, image_size=32, workers=0, progress=False,
+                           precision="fp32", overrides=["monitor.knn=false",
+                                                        "method.proj_hidden_dim=64"])  # fmt: skip
+    assert res is not None and (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    with pytest.raises(ConfigError, match="videos is augmented per sample"):
+        selfsup.pretrain("simclr", data=str(small_weizmann), out=tmp_path / "run2", steps=1,
+                         batch_size=4, image_size=32, workers=0, progress=False,
+                         overrides=["data.augment=device"])  # fmt: skip

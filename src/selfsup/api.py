@@ -269,7 +269,9 @@ def pretrain(
         raise ConfigError(
             "no data: pass --data (a folder of images or a named set such as cifar10)."
         )
-    opened = _open(cfg.data.path, "train", cfg.data.root, cfg.data.download, cfg.data.max_pixels)
+    opened = open_source(cfg.data.path, split="train", root=cfg.data.root,
+                         download=cfg.data.download, max_pixels=cfg.data.max_pixels,
+                         video_gap=cfg.data.video_gap)  # fmt: skip
     source = subset(opened, cfg.data.limit, cfg.train.seed)
     cfg = _resolve(cfg, source)
     train_source, monitor = _monitor(cfg, source)

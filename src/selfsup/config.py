@@ -92,6 +92,9 @@ class DataConfig:
     num_workers: int = -1
     # Use at most this many images (a class-balanced, seeded subset) for quick experiments.
     limit: int | None = None
+    # A folder of videos: each view of a sample is a frame of the same video, the frames at
+    # most this many apart (time as augmentation; 0: every view from one frame).
+    video_gap: int = 8
     # Each image appears this many times an epoch (each time with its own crops): for a
     # small pool of large images (20 fundus photographs, a few slides) whose random crops,
     # not the images, are the samples; an epoch then holds enough batches.
@@ -435,6 +438,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean and data.std need the same number of channels.")
     if d.max_pixels < 1:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
+    if d.video_gap < 0:
+        raise ConfigError(f"data.video_gap must be >= 0, got {d.video_gap}.")
     if d.repeat < 1:
         raise ConfigError(f"data.repeat must be at least 1, got {d.repeat}.")
     if any(s <= 0 for s in d.std):

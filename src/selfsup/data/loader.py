@@ -36,12 +36,20 @@ class _Loader:
         self.channels = channels
         self.bad_files = bad_files
 
-    def load(self, index: int, seed: int) -> tuple[torch.Tensor, int, list[str]]:
+    def load(self, index: int, seed: int, frames: int = 1) -> tuple[torch.Tensor, int, list[str]]:
+        """Item ``index`` as ``(C, H, W)``; ``frames`` > 1 from a source of videos: ``frames``
+        moments of it stacked, ``(frames, C, H, W)``, one a view."""
         skipped: list[str] = []
         gen = torch.Generator().manual_seed(seed)
+        views = getattr(self.source, "load_views", None) if frames > 1 else None
         for _ in range(MAX_RETRIES):
             try:
-                x = to_tensor(self.source.load(index), self.channels, self.source.describe(index))
+                where = self.source.describe(index)
+                if views is not None:
+                    x = torch.stack([to_tensor(f, self.channels, where)
+                                     for f in views(index, seed, frames)])  # fmt: skip
+                else:
+                    x = to_tensor(self.source.load(index), self.channels, where)
                 labels = self.source.labels
                 return x, (labels[index] if labels is not None else -1), skipped
             except Exception as err:
@@ -79,7 +87,10 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, list[str]]:
         index, seed = item
-        x, label, skipped = self.loader.load(index, seed)
+        # A video source gives one moment of the clip a view (MultiView maps frame k to
+        # view k), so time is one of the augmentations.
+        n_views = len(getattr(self.transform, "transforms", [None]))
+        x, label, skipped = self.loader.load(index, seed, n_views)
         # Seed the augmentation without disturbing the process's own random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

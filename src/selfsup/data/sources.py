@@ -182,8 +182,11 @@ def open_source(
     root: str | None = None,
     download: bool = True,
     max_pixels: int | None = None,
+    video_gap: int = 8,
 ) -> ImageSource:
-    """Open ``spec``: a folder path, or a named set (its ``split``) under ``root``.
+    """Open ``spec``: a folder path, or a named set (its ``split``) under ``root``. A folder
+    holding video files is a :class:`~selfsup.data.video.VideoSource` (one item a video; its
+    views drawn from frames up to ``video_gap`` apart).
 
     For a named set, ``root`` may also be an ImageFolder layout with ``<split>/<class>/``
     sub-folders (as in ``shared/datasets/cifar10``), which is then read directly.
@@ -196,6 +199,10 @@ def open_source(
         if root and not base.exists():
             raise DataError(f"--data-root {root!r} does not exist.")
         return TorchvisionSource(key, split, base, download)
+    from selfsup.data.video import VideoSource, has_video_files, open_videos
+
+    if has_video_files(spec):
+        return VideoSource(open_videos(spec), gap=video_gap)
     return scan_folder(spec, max_pixels)
 
 

@@ -258,3 +258,55 @@ def check_videos(root: str | Path) -> dict[str, Any]:
         "formats": sorted({Path(v.path).suffix.lower() or "frames" for v in infos}),
         "unreadable": unreadable,
     }  # fmt: skip
+
+
+class VideoSource:
+    """Videos as a pretraining source: one item a video. ``load(i)`` is its middle frame
+    (monitors, evaluation, image-size sniffing); ``load_views(i, seed, n)`` draws ``n`` frames
+    of it for ``n`` views: the first uniformly, the others up to ``gap`` frames from it
+    (time as augmentation: two moments of one clip are positives). ``gap`` 0 gives one frame
+    for all views. Decoded videos are kept per process up to ``cache_mb`` (least recently
+    used dropped first): small clips decode once, not once a sample."""
+
+    def __init__(self, folder: VideoFolder, gap: int = 8, cache_mb: int = 1024) -> None:
+        if gap < 0:
+            raise ValueError(f"gap must be >= 0, got {gap}")
+        self.folder, self.gap, self.cache_bytes = folder, gap, cache_mb * 2**20
+        self.classes = list(folder.classes)
+        self.labels: list[int] | None = list(folder.labels) if folder.classes else None
+        self._cache: dict[int, torch.Tensor] = {}
+
+    @property
+    def name(self) -> str:
+        return str(self.folder.root)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def describe(self, i: int) -> str:
+        return str(self.folder.paths[i])
+
+    def frames(self, i: int) -> torch.Tensor:
+        """All frames of video ``i``, uint8 ``(T, 3, H, W)`` (cached)."""
+        v = self._cache.pop(i) if i in self._cache else self.folder.load(i)
+        self._cache[i] = v  # most recently used last
+        while (
+            sum(x.numel() for x in self._cache.values()) > self.cache_bytes and len(self._cache) > 1
+        ):
+            self._cache.pop(next(iter(self._cache)))
+        return v
+
+    def load(self, i: int) -> np.ndarray:
+        v = self.frames(i)
+        return v[len(v) // 2].permute(1, 2, 0).numpy()
+
+    def load_views(self, i: int, seed: int, n: int) -> list[np.ndarray]:
+        v = self.frames(i)
+        t = int(v.shape[0])
+        g = torch.Generator().manual_seed(seed)
+        first = int(torch.randint(t, (), generator=g))
+        picks = [first]
+        for _ in range(n - 1):
+            lo, hi = max(0, first - self.gap), min(t - 1, first + self.gap)
+            picks.append(int(torch.randint(lo, hi + 1, (), generator=g)))
+        return [v[p].permute(1, 2, 0).numpy() for p in picks]

@@ -108,7 +108,13 @@ def _data(
     assert cfg.data.image_size is not None
     channels = cfg.backbone.in_chans
     transform = method.default_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std, channels)
-    on_device = augment_on_device(cfg.data.augment, device, transform.specs)
+    video = hasattr(source, "load_views")
+    if video and (cfg.data.augment == "device" or cfg.data.cache):
+        raise ConfigError(
+            "a folder of videos is augmented per sample on the CPU (each view from its own "
+            "frame) and is not cached: set data.augment to auto or cpu and data.cache to null."
+        )
+    on_device = not video and augment_on_device(cfg.data.augment, device, transform.specs)
     workers = default_workers(cfg.data.num_workers)
     cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0
     if cfg.data.cache:
@@ -213,7 +219,8 @@ def loader(s: Setup, cfg: Config, state: TrainState) -> tuple[EpochSampler, Data
 def header(cfg: Config, s: Setup) -> str:
     """The line printed when training starts: what runs, where, and for how long."""
     text = (
-        f"selfsup {cfg.method.name} | backbone {cfg.backbone.name} | {len(s.source)} images at "
+        f"selfsup {cfg.method.name} | backbone {cfg.backbone.name} | {len(s.source)} "
+        f"{'videos' if hasattr(s.source, 'load_views') else 'images'} at "
         f"{s.image_size}px | batch {s.step_batch}"
         + (f" ({s.accumulate} x {s.global_batch})" if s.accumulate > 1 else "")
         + f" | lr {s.base_lr:.4g} | {s.device} {s.precision}"

@@ -38,6 +38,10 @@ class MultiView:
         self.specs = list(specs) if specs is not None else None
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """``(C, H, W)``: every view from the image; ``(T, C, H, W)`` (moments of a video):
+        view k from frame k mod T."""
+        if img.dim() == 4:
+            return [t(img[k % img.shape[0]]) for k, t in enumerate(self.transforms)]
         return [t(img) for t in self.transforms]
 
     def __repr__(self) -> str:
