@@ -203,3 +203,31 @@ def test_pretrain_on_videos_takes_views_from_two_moments(small_weizmann: Path,
         selfsup.pretrain("simclr", data=str(small_weizmann), out=tmp_path / "run2", steps=1,
                          batch_size=4, image_size=32, workers=0, progress=False,
                          overrides=["data.augment=device"])  # fmt: skip
+
+
+def test_video_gradcam_draws_one_strip_a_class(small_weizmann: Path, tmp_path: Path) -> None:
+    import selfsup
+    from selfsup.viz import make
+    from selfsup.viz.common import open_run
+    from selfsup.viz.gradcam import Probe, grad_cam
+
+    run = tmp_path / "run"
+    selfsup.pretrain("simclr", data=str(small_weizmann), out=run, steps=1, batch_size=4,
+                     image_size=32, workers=0, progress=False, precision="fp32",
+                     overrides=["monitor.knn=false", "method.proj_hidden_dim=64"])  # fmt: skip
+    out = make("video-gradcam", run, tmp_path / "cam.png", data=str(small_weizmann), frames=4)
+    with Image.open(out) as im:
+        assert im.size[0] > 400 and im.size[1] > 200
+    # Pooled over a clip's frames, the one class score reaches every frame's map.
+    bb = open_run(run).method.feature_extractor()
+    d = 512
+    probe = Probe(torch.zeros(d), torch.ones(d), torch.randn(d, 2), torch.zeros(2), None, 6)
+    frames = torch.randn(4, 3, 32, 32)
+    heat, probs = grad_cam(bb, probe, frames, pool=True)
+    assert heat.shape == (4, 32, 32) and probs.shape == (1, 2)
+    # The probe is linear, so the pooled score is the mean of the frames' scores: each
+    # frame's gradient is 1/T of its own, and its map 1/T of its single-frame Grad-CAM.
+    target = probs.argmax(1).expand(4)
+    alone, _ = grad_cam(bb, probe, frames, target)
+    torch.testing.assert_close(heat * 4, alone, atol=1e-4, rtol=1e-3)
+    assert float(alone.sum()) > 0

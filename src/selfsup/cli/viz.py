@@ -14,6 +14,7 @@ kinds:
   retrieval       query images and their --k nearest neighbours (cosine), green/red borders
   attention       ViT class-token self-attention per head (DINO-style)
   gradcam         Grad-CAM of a logistic-regression probe's class, for CNN backbones
+  video-gradcam   Grad-CAM frame by frame of one clip a class (CNN backbones, --data videos)
   patch-pca       PCA of ViT patch features as colours (DINOv2-style)
   reconstruction  MAE masked input / reconstruction / original
   augmentations   the method's training views of a few images
@@ -23,6 +24,7 @@ examples:
   selfsup viz embedding-map --checkpoint runs/simclr --data cifar10 --algo tsne --out map.png
   selfsup viz retrieval --checkpoint runs/simclr --data ../shared/datasets/cifar10/test --out nn.png
   selfsup viz gradcam --checkpoint runs/simclr --data DIR --class-index cat --out cam.png
+  selfsup viz video-gradcam --checkpoint runs/simclr --data ../shared/datasets/videos/weizmann4 --out cam.png
   selfsup viz curves --checkpoint runs/simclr --out curves.png
 without --data, figures use the run's own data.path when it is still there.
 """
@@ -47,6 +49,9 @@ VIZ_FLAGS: list[tuple[str, str, Any, str]] = [
      "every image (default: each image's predicted class)"),
     ("--threshold", "threshold", float, "patch-pca: foreground when the first component, "
      "scaled to [0, 1], is above it; 0 keeps every patch (default: 0.5)"),
+    ("--frames", "frames", int, "video-gradcam: frames a clip (default: 8)"),
+    ("--stride", "stride", int, "video-gradcam: frames between a clip's frames (default: 4)"),
+    ("--clips", "clips", int, "video-gradcam: clips a video for the probe's features (default: 2)"),
     ("--seed", "seed", int, "which images are drawn (default: 0)"),
     ("--device", "device", str, "feature extraction device: auto, cpu, cuda (default: auto)"),
 ]  # fmt: skip

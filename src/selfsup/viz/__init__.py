@@ -7,7 +7,7 @@
 >>> viz.write_report("runs/simclr", data="data/test")    # runs/simclr/report.html
 
 Kinds (``selfsup viz KIND``): embedding-map, retrieval, attention (ViT), gradcam (CNN),
-patch-pca (ViT), reconstruction (MAE), augmentations, curves.
+video-gradcam (CNN, videos), patch-pca (ViT), reconstruction (MAE), augmentations, curves.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from selfsup.viz.patch_pca import patch_pca, patch_pca_rgb
 from selfsup.viz.reconstruction import reconstruction
 from selfsup.viz.report import write_report
 from selfsup.viz.retrieval import retrieval
+from selfsup.viz.video_gradcam import video_gradcam
 
 KINDS: dict[str, Callable[..., Path]] = {
     "embedding-map": embedding_map,
@@ -38,6 +39,7 @@ KINDS: dict[str, Callable[..., Path]] = {
     "reconstruction": reconstruction,
     "augmentations": augmentations,
     "curves": curves,
+    "video-gradcam": video_gradcam,
 }
 
 
@@ -70,5 +72,6 @@ __all__ = [
     "project_2d",
     "reconstruction",
     "retrieval",
+    "video_gradcam",
     "write_report",
 ]

@@ -128,10 +128,19 @@ def target_layer(backbone: Backbone, images: torch.Tensor) -> nn.Module:
 
 
 def grad_cam(
-    backbone: Backbone, probe: Probe, images: torch.Tensor, classes: torch.Tensor | None = None
+    backbone: Backbone,
+    probe: Probe,
+    images: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    pool: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM heat maps (B, H, W) at the images' resolution, for ``classes`` (B,) (default:
-    each image's predicted class), and the probe's class probabilities (B, K)."""
+    each image's predicted class), and the probe's class probabilities (B, K).
+
+    ``pool``: the B images are the frames of one clip, scored together from their mean
+    feature (temporal average pooling); the class score's gradient reaches every frame's
+    feature map, so each frame gets its own map of where the evidence for the clip's class
+    lies. Probabilities are then (1, K)."""
     layer = target_layer(backbone, images)
     store: list[torch.Tensor] = []
 
@@ -145,7 +154,8 @@ def grad_cam(
     handle = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            scores = probe(backbone(images.float()))
+            feats = backbone(images.float())
+            scores = probe(feats.mean(0, keepdim=True) if pool else feats)
             target = scores.argmax(1) if classes is None else classes.long()
             picked = scores.gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, store[-1])
