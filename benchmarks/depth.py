@@ -39,7 +39,7 @@ def jobs(a: argparse.Namespace) -> list[dict[str, Any]]:
             protocol, "--max-steps", str(a.probe_steps), "--json", "--no-progress"]})  # fmt: skip
     out.append({"row": "monodepth", "cmd": [
         "depth", "train", "--frames", a.frames, "--encoder", a.run, *split, "--steps",
-        str(a.depth_steps), "--offsets", a.offsets, "--image-size", str(a.depth_size), "--json",
+        str(a.depth_steps), f"--offsets={a.offsets}", "--image-size", str(a.depth_size), "--json",
         "--no-progress"]})  # fmt: skip
     return [j for j in out if not a.only or any(j["row"].startswith(o) for o in a.only)]
 

@@ -161,7 +161,8 @@ def add_parser(sub: Subparsers) -> None:
     t.add_argument("--test-frames", default=None, metavar="A:B",
                    help="frames with depth scored at the end, e.g. 800:1000 (default: none)")  # fmt: skip
     t.add_argument("--offsets", default=",".join(str(o) for o in d.offsets),
-                   help="source frames relative to the target (default: %(default)s)")  # fmt: skip
+                   help="source frames relative to the target; write it with '=' when it "
+                   "starts with a minus: --offsets=-3,3 (default: %(default)s)")  # fmt: skip
     t.add_argument("--steps", type=int, default=d.steps,
                    help="optimiser steps; the learning-rate schedule spans them (default: %(default)s)")  # fmt: skip
     t.add_argument("--max-time", default=None,
