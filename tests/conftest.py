@@ -54,6 +54,31 @@ def make_images(
     return root
 
 
+def make_videos(root: Path, classes: int = 2, per_class: int = 4, frames: int = 12,
+                size: int = 32, seed: int = 0) -> Path:  # fmt: skip
+    """A labelled folder of small MP4 clips (MPEG-4 part 2, via PyAV): root/<class>/vid.mp4;
+    class c is a square moving right (c even) or down (c odd) on noise."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            with av.open(str(d / f"{i:03d}.mp4"), "w") as out:
+                stream = out.add_stream("mpeg4", rate=8)
+                stream.width = stream.height = size
+                stream.pix_fmt = "yuv420p"
+                for t in range(frames):
+                    arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                    k = (i + t * 2) % (size - 8)
+                    y, x = (8, k) if c % 2 == 0 else (k, 8)
+                    arr[y : y + 8, x : x + 8] = 230
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+                out.mux(stream.encode())
+    return root
+
+
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return make_images(tmp_path / "images")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_images
+from conftest import make_images, make_videos
 
 import selfsup
 from selfsup.data.loader import collate_views
@@ -15,10 +15,15 @@ from selfsup.registry import get_method_class, list_methods
 
 SIZE = 16
 TINY_VIT = ["backbone.kwargs={patch_size: 4, depth: 2, num_heads: 3}"]
+# Video methods: a two-block space-time ViT on clips of 4 frames.
+TINY_VIDEO_VIT = ["backbone.kwargs={patch_size: 4, depth: 2, frames: 4}"]
 
 
 def _config(name: str, seed: int = 0) -> selfsup.Config:
     cls = get_method_class(name)
+    if cls.needs_video:
+        return selfsup.make_config(name, backbone="video_vit_tiny", image_size=SIZE, seed=seed,
+                                   overrides=TINY_VIDEO_VIT)  # fmt: skip
     backbone = "timm:vit_tiny_patch16_224" if cls.needs_vit else "resnet18"
     overrides = TINY_VIT if cls.needs_vit else []
     return selfsup.make_config(name, backbone=backbone, image_size=SIZE, seed=seed,
@@ -31,10 +36,13 @@ def _build(name: str, seed: int = 0) -> Method:
 
 def _views(method: Method, batch: int = 4) -> list[torch.Tensor]:
     t = method.default_transform(SIZE, [0.5] * 3, [0.25] * 3, 3)
+    # Video methods ask the loader for clips of (frames, stride): (frames, 3, H, W).
+    clip = getattr(t, "clip", None)
+    shape = (clip[0], 3, 24, 24) if clip else (3, 24, 24)
     g = torch.Generator().manual_seed(0)
     items = []
     for i in range(batch):
-        img = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8, generator=g)
+        img = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
         torch.manual_seed(i)
         items.append((t(img), 0, []))
     return collate_views(items)[0]
@@ -99,7 +107,10 @@ def test_state_dict_round_trip_and_feature_extractor_shape(name: str) -> None:
 
 
 def test_checkpoint_resumes(name: str, tmp_path: Path) -> None:
-    data = make_images(tmp_path / "imgs", classes=2, per_class=8, size=24)
+    if get_method_class(name).needs_video:
+        data = make_videos(tmp_path / "videos", classes=2, per_class=4, frames=8, size=24)
+    else:
+        data = make_images(tmp_path / "imgs", classes=2, per_class=8, size=24)
     cfg = selfsup.config.to_dict(_config(name))
     kw = dict(progress=False, overrides=["monitor.knn=false", "train.log_every=1"])
     run = tmp_path / "run"

@@ -370,8 +370,11 @@ def _embed_videos(model: str | Path | Method | nn.Module, data: Path, path: Path
     bar = progress_bar(total=len(folder), desc=f"embed {data.name}", unit="video",
                        enabled=progress)  # fmt: skip
     try:
+        # A video backbone takes whole clips of the length it was trained on.
+        whole = bool(getattr(net, "is_video", False))
+        frames = int(getattr(net, "frames", 8))
         feats = clip_features(encode, folder, eval_transform(fm.image_size, fm.mean, fm.std),
-                              progress=bar)  # fmt: skip
+                              frames=frames, progress=bar, whole_clips=whole)  # fmt: skip
     finally:
         bar.close()
     if l2_normalize:

@@ -145,9 +145,15 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
     return bb
 
 
+def _video_vits() -> list[str]:
+    from selfsup.backbones.video_vit import VIDEO_VITS
+
+    return list(VIDEO_VITS)
+
+
 def list_backbones() -> list[str]:
-    """Torchvision names built in; any ``timm:<name>`` works too."""
-    return [*TORCHVISION_RESNETS, "timm:<any timm model>"]
+    """Torchvision names and the space-time ViTs built in; any ``timm:<name>`` works too."""
+    return [*TORCHVISION_RESNETS, *_video_vits(), "timm:<any timm model>"]
 
 
 def create_backbone(cfg: BackboneConfig, image_size: int | None = None) -> Backbone:
@@ -164,11 +170,16 @@ def create_backbone(cfg: BackboneConfig, image_size: int | None = None) -> Backb
                 f"backbone.kwargs is for timm models; {name} takes none (got {dict(cfg.kwargs)})."
             )
         bb = _resnet(name, small, cfg.in_chans)
+    elif name in _video_vits():
+        from selfsup.backbones.video_vit import video_vit
+
+        bb = video_vit(name, cfg.in_chans, image_size, dict(cfg.kwargs))
     else:
-        hint = closest(name, list(TORCHVISION_RESNETS))
+        names = [*TORCHVISION_RESNETS, *_video_vits()]
+        hint = closest(name, names)
         did = f" Did you mean {', '.join(hint)}?" if hint else ""
         raise UnknownNameError(
-            f"unknown backbone {name!r}.{did} Use one of {', '.join(TORCHVISION_RESNETS)} "
+            f"unknown backbone {name!r}.{did} Use one of {', '.join(names)} "
             "or any timm model as timm:<name> (e.g. timm:vit_tiny_patch16_224)."
         )
     if cfg.weights:

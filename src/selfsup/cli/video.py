@@ -13,7 +13,8 @@ EVAL_PROTOCOLS = ("video",)
 VIDEO_DESCRIPTION = """\
 Classify videos by clip features of the run's backbone: each video's --clips clips of
 --frames frames --stride apart (evenly spread), every frame through the backbone under its
-evaluation transform, averaged over frames and clips. Scored by weighted kNN and a linear
+evaluation transform, averaged over frames and clips; a video backbone (videomae's
+space-time ViT) takes each clip whole, averaged over clips. Scored by weighted kNN and a linear
 probe (logistic regression) under stratified --folds-fold cross-validation over videos:
 mean and spread across folds of top-1 and balanced accuracy (percent). Videos: files
 (mp4, avi, webm, mkv, mov; decoded with PyAV) or folders of frames, in class folders
@@ -27,9 +28,11 @@ def add_eval_parsers(evs: Subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="run folder or checkpoint file (required)")  # fmt: skip
     p.add_argument("--data", required=True, help="folder of class folders of videos (required)")
-    p.add_argument("--frames", type=int, default=8, help="frames a clip (default: %(default)s)")
-    p.add_argument("--stride", type=int, default=4,
-                   help="frames between a clip's frames (default: %(default)s)")  # fmt: skip
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames a clip (default: 8; a video backbone's own)")  # fmt: skip
+    p.add_argument("--stride", type=int, default=None,
+                   help="frames between a clip's frames (default: 4; a video run's "
+                   "method.clip_stride)")  # fmt: skip
     p.add_argument("--clips", type=int, default=2, help="clips a video (default: %(default)s)")
     p.add_argument("--folds", type=int, default=3,
                    help="cross-validation folds over videos (default: %(default)s)")  # fmt: skip

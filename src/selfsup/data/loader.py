@@ -36,16 +36,28 @@ class _Loader:
         self.channels = channels
         self.bad_files = bad_files
 
-    def load(self, index: int, seed: int, frames: int = 1) -> tuple[torch.Tensor, int, list[str]]:
+    def load(self, index: int, seed: int, frames: int = 1,
+             clip: tuple[int, int] | None = None) -> tuple[torch.Tensor, int, list[str]]:  # fmt: skip
         """Item ``index`` as ``(C, H, W)``; ``frames`` > 1 from a source of videos: ``frames``
-        moments of it stacked, ``(frames, C, H, W)``, one a view."""
+        moments of it stacked, ``(frames, C, H, W)``, one a view; ``clip`` = (frames, stride)
+        from a source of videos: a clip ``(frames, C, H, W)`` from a random start."""
         skipped: list[str] = []
         gen = torch.Generator().manual_seed(seed)
         views = getattr(self.source, "load_views", None) if frames > 1 else None
+        clips = getattr(self.source, "load_clip", None) if clip is not None else None
+        if clip is not None and clips is None:
+            raise DataError(
+                f"{self.source.name} is not a folder of videos: a video method takes clips. "
+                "Point data.path at videos (mp4, avi, webm, mkv or frame folders)."
+            )
         for _ in range(MAX_RETRIES):
             try:
                 where = self.source.describe(index)
-                if views is not None:
+                if clips is not None:
+                    assert clip is not None
+                    x = torch.stack([to_tensor(f, self.channels, where)
+                                     for f in clips(index, seed, *clip)])  # fmt: skip
+                elif views is not None:
                     x = torch.stack([to_tensor(f, self.channels, where)
                                      for f in views(index, seed, frames)])  # fmt: skip
                 else:
@@ -90,7 +102,9 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
         # A video source gives one moment of the clip a view (MultiView maps frame k to
         # view k), so time is one of the augmentations.
         n_views = len(getattr(self.transform, "transforms", [None]))
-        x, label, skipped = self.loader.load(index, seed, n_views)
+        # A video method's transform asks for whole clips: (frames, stride).
+        clip = getattr(self.transform, "clip", None)
+        x, label, skipped = self.loader.load(index, seed, n_views, clip)
         # Seed the augmentation without disturbing the process's own random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

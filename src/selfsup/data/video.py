@@ -310,3 +310,12 @@ class VideoSource:
             lo, hi = max(0, first - self.gap), min(t - 1, first + self.gap)
             picks.append(int(torch.randint(lo, hi + 1, (), generator=g)))
         return [v[p].permute(1, 2, 0).numpy() for p in picks]
+
+    def load_clip(self, i: int, seed: int, frames: int, stride: int) -> list[np.ndarray]:
+        """A clip of video ``i`` for video methods: ``frames`` frames ``stride`` apart from a
+        start drawn uniformly with ``seed`` (past the end the last frame repeats)."""
+        v = self.frames(i)
+        n = int(v.shape[0])
+        g = torch.Generator().manual_seed(seed)
+        (start,) = clip_starts(n, (frames - 1) * stride + 1, "random", 1, g)
+        return [v[p].permute(1, 2, 0).numpy() for p in clip_indices(n, start, frames, stride)]

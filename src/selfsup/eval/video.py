@@ -2,8 +2,8 @@
 
 Features: each video's ``n_clips`` clips (evenly spread) of ``frames`` frames ``stride``
 apart, every frame through the image backbone under the evaluation transform, mean-pooled
-over frames and clips (temporal average pooling: an image backbone's clip feature) - or a
-video backbone's clip embedding when the model takes clips.
+over frames and clips (temporal average pooling: an image backbone's clip feature) - or,
+for a video backbone (a space-time ViT), each whole clip's embedding, averaged over clips.
 
 Protocols, under stratified k-fold cross-validation over videos (small action sets have no
 fixed split, and one performer per clip is not recorded, so folds are the honest test):
@@ -40,17 +40,23 @@ def clip_features(
     stride: int = 4,
     n_clips: int = 2,
     progress: Any = None,
+    whole_clips: bool = False,
 ) -> torch.Tensor:
     """``(N, D)`` float32 features, one per video: ``encode`` maps a batch of frames
-    ``(t, 3, S, S)`` to ``(t, D)``; averaged over every frame of every clip."""
+    ``(t, 3, S, S)`` to ``(t, D)``; averaged over every frame of every clip. ``whole_clips``
+    (a video backbone): ``encode`` maps each clip ``(1, 3, frames, S, S)`` to ``(1, D)``,
+    averaged over the clips."""
     out = []
     for i in range(len(folder)):
         video = folder.load(i)
         n = int(video.shape[0])
-        idx: list[int] = []
-        for s in clip_starts(n, (frames - 1) * stride + 1, "uniform", n_clips):
-            idx += clip_indices(n, s, frames, stride)
-        out.append(encode(frame_batch(video, transform, idx)).float().mean(0))
+        starts = clip_starts(n, (frames - 1) * stride + 1, "uniform", n_clips)
+        clips = [frame_batch(video, transform, clip_indices(n, s, frames, stride)) for s in starts]
+        if whole_clips:
+            feats = torch.cat([encode(c.transpose(0, 1).unsqueeze(0)).float() for c in clips])
+        else:
+            feats = encode(torch.cat(clips)).float()
+        out.append(feats.mean(0))
         if progress is not None:
             progress.update(1)
     return torch.stack(out)

@@ -65,6 +65,9 @@ class MAEDecoder(nn.Module):
         num_heads: attention heads (paper: 16, i.e. 32 dimensions per head).
         mlp_ratio: hidden size of the blocks' MLPs as a multiple of ``decoder_dim``.
         num_prefix_tokens: class (and register) tokens at the start of ``tokens``.
+        pos_embed: fixed position embeddings (N, decoder_dim) in place of the 2-D ones of
+            ``grid`` (VideoMAE's space-time tubes).
+        out_dim: values predicted per token in place of p*p*C (a tube's pixels).
     """
 
     pos_embed: torch.Tensor
@@ -80,6 +83,8 @@ class MAEDecoder(nn.Module):
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
         num_prefix_tokens: int = 1,
+        pos_embed: torch.Tensor | None = None,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         from timm.layers.norm import LayerNorm
@@ -92,9 +97,12 @@ class MAEDecoder(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_2d(decoder_dim, grid), persistent=False
-        )  # a pure function of the grid: checkpoints need not hold it
+        if pos_embed is None:
+            pos_embed = sincos_pos_embed_2d(decoder_dim, grid)
+        elif pos_embed.shape[-1] != decoder_dim:
+            raise ValueError(f"pos_embed is {pos_embed.shape[-1]} wide, not {decoder_dim}")
+        # A pure function of the grid: checkpoints need not hold it.
+        self.register_buffer("pos_embed", pos_embed, persistent=False)
         # timm's LayerNorm has MAE's eps of 1e-6 (PyTorch's default is 1e-5).
         self.blocks = nn.Sequential(
             *[
@@ -103,7 +111,7 @@ class MAEDecoder(nn.Module):
             ]
         )
         self.norm = LayerNorm(decoder_dim)
-        self.pred = nn.Linear(decoder_dim, patch_size * patch_size * in_chans)
+        self.pred = nn.Linear(decoder_dim, out_dim or patch_size * patch_size * in_chans)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -119,12 +127,17 @@ class MAEDecoder(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, restore: torch.Tensor, pos_embed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``pos_embed`` (N, decoder_dim): positions for this call in place of the buffer
+        (clips of another length or size)."""
         x = self.embed(tokens)
         p = self.num_prefix_tokens
         patches = unshuffle(x[:, p:], restore, self.mask_token)
         # Prefix tokens get no position embedding (MAE gives the class token a zero one).
-        patches = patches + self.pos_embed.to(patches.dtype)
+        pos = self.pos_embed if pos_embed is None else pos_embed
+        patches = patches + pos.to(patches.device, patches.dtype)
         x = self.norm(self.blocks(torch.cat([x[:, :p], patches], dim=1)))
         out: torch.Tensor = self.pred(x[:, p:])
         return out

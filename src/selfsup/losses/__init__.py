@@ -5,7 +5,7 @@ from selfsup.losses.dino import DINOLoss
 from selfsup.losses.ibot import IBOTPatchLoss
 from selfsup.losses.infonce import InfoNCELoss
 from selfsup.losses.koleo import KoLeoLoss
-from selfsup.losses.mae import MAELoss
+from selfsup.losses.mae import MAELoss, TubeMAELoss
 from selfsup.losses.negative_cosine import NegativeCosineLoss
 from selfsup.losses.ntxent import NTXentLoss
 from selfsup.losses.swav import SwAVLoss
@@ -21,5 +21,6 @@ __all__ = [
     "NTXentLoss",
     "NegativeCosineLoss",
     "SwAVLoss",
+    "TubeMAELoss",
     "VICRegLoss",
 ]

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from selfsup.modules.tubes import patchify_video
+
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut images into non-overlapping square patches, in raster order.
@@ -116,3 +118,22 @@ class MAELoss(nn.Module):
         m = mask.float()
         # With no hidden patch there is nothing to reconstruct: 0 rather than 0 / 0.
         return (per_patch * m).sum() / m.sum().clamp(min=1.0)
+
+
+class TubeMAELoss(MAELoss):
+    """The loss of :class:`MAELoss` on clips: VideoMAE's masked-tube regression (Tong et al.,
+    2022, Sec. 3.3), the mean squared error over the hidden tubes of ``tubelet`` frames x
+    ``p`` x ``p`` pixels, each normalised by its own mean and variance when
+    ``norm_pix_loss``. Shapes: ``pred`` (B, N, tubelet*p*p*C), ``clips`` (B, C, T, H, W),
+    ``mask`` (B, N)."""
+
+    def __init__(self, patch_size: int, tubelet: int, norm_pix_loss: bool = True,
+                 eps: float = 1e-6) -> None:  # fmt: skip
+        super().__init__(patch_size, norm_pix_loss, eps)
+        if tubelet < 1:
+            raise ValueError(f"tubelet must be at least 1, got {tubelet}")
+        self.tubelet = tubelet
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        target = patchify_video(images.float(), self.patch_size, self.tubelet)
+        return normalize_patches(target, self.eps) if self.norm_pix_loss else target

@@ -12,6 +12,7 @@ from selfsup.methods import (
     simsiam,
     swav,
     vicreg,
+    videomae,
 )
 from selfsup.methods.base import Method, StepInfo
 
@@ -29,4 +30,5 @@ __all__ = [
     "simsiam",
     "swav",
     "vicreg",
+    "videomae",
 ]

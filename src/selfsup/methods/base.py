@@ -51,6 +51,8 @@ class Method(nn.Module):
     batch_coupled: ClassVar[bool] = True
     # Methods that need token-level access (MAE, iBOT) work with ViT backbones only.
     needs_vit: ClassVar[bool] = False
+    # Methods that learn from clips (VideoMAE) take a folder of videos only.
+    needs_video: ClassVar[bool] = False
     # The backbone this method's configs start from (None: the config default, resnet18).
     default_backbone: ClassVar[str | None] = None
 

@@ -6,6 +6,7 @@ from selfsup.modules.masking import block_mask, random_masking
 from selfsup.modules.multi_crop import forward_multi_crop, vit_local_size
 from selfsup.modules.queue import FeatureQueue
 from selfsup.modules.sinkhorn import sinkhorn_knopp
+from selfsup.modules.tubes import patchify_video, tube_masking, unpatchify_video
 
 __all__ = [
     "FeatureQueue",
@@ -13,7 +14,10 @@ __all__ = [
     "ema_update",
     "forward_multi_crop",
     "frozen_copy",
+    "patchify_video",
     "random_masking",
     "sinkhorn_knopp",
+    "tube_masking",
+    "unpatchify_video",
     "vit_local_size",
 ]

@@ -18,8 +18,8 @@ def evaluate_video(
     run: str | Path,
     data: str | Path,
     *,
-    frames: int = 8,
-    stride: int = 4,
+    frames: int | None = None,
+    stride: int | None = None,
     n_clips: int = 2,
     folds: int = 3,
     k: int = 5,
@@ -33,7 +33,9 @@ def evaluate_video(
     """Cross-validated clip classification of the videos under ``data`` (class folders) by
     the run's backbone (``random_init``: its untrained twin). The top-level ``top1_mean``,
     ``top1_std``, ``balanced_mean`` are the linear probe's; ``knn`` and ``linear`` hold
-    both protocols."""
+    both protocols. ``frames`` and ``stride`` default to 8 and 4 for image backbones (frames
+    through the backbone one by one, averaged) and to the clips a video backbone was
+    pretrained on (its ``frames``, the method's ``clip_stride``)."""
     from selfsup.progress import progress_bar
     from selfsup.runs import load_run
     from selfsup.runtime import autocast, device_and_precision
@@ -50,6 +52,11 @@ def evaluate_video(
     size = image_size or int(d.image_size or 224)
     transform = eval_transform(size, list(d.mean), list(d.std))
     channels = loaded.config.backbone.in_chans
+    whole = bool(getattr(model, "is_video", False))
+    if whole:
+        frames = frames or int(getattr(model, "frames"))  # noqa: B009
+        stride = stride or int(getattr(loaded.config.method, "clip_stride", 4))
+    frames, stride = frames or 8, stride or 4
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         if channels == 1:
@@ -60,7 +67,7 @@ def evaluate_video(
 
     bar = progress_bar(total=len(folder), desc="clip features", unit="video", enabled=progress)
     try:
-        feats = clip_features(encode, folder, transform, frames, stride, n_clips, bar)
+        feats = clip_features(encode, folder, transform, frames, stride, n_clips, bar, whole)
     finally:
         bar.close()
     labels = torch.tensor(folder.labels)
@@ -70,6 +77,7 @@ def evaluate_video(
         "knn": res["knn"], "linear": res["linear"], "videos": len(folder),
         "classes": folder.classes, "skipped": folder.skipped, "folds": folds,
         "frames": frames, "stride": stride, "clips": n_clips, "image_size": size,
+        "clip_encoder": "video" if whole else "frames, mean-pooled",
         "random_init": random_init, "checkpoint": str(loaded.file), "data": str(data),
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip

@@ -114,6 +114,11 @@ def _data(
             "a folder of videos is augmented per sample on the CPU (each view from its own "
             "frame) and is not cached: set data.augment to auto or cpu and data.cache to null."
         )
+    if method.needs_video and not video:
+        raise ConfigError(
+            f"{method.name} learns from clips: point data.path at a folder of videos (mp4, avi, "
+            f"webm, mkv or frame folders), not {source.name}."
+        )
     on_device = not video and augment_on_device(cfg.data.augment, device, transform.specs)
     workers = default_workers(cfg.data.num_workers)
     cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0

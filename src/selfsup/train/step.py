@@ -62,8 +62,12 @@ class StepRunner:
         if skipped and self.skipped_file is not None:
             with open(self.skipped_file, "a") as f:
                 f.write("".join(x + "\n" for x in skipped))
+        # Clips (B, C, T, H, W) of video methods have no channels-last layout.
         views = [
-            v.to(s.device, non_blocking=True).contiguous(memory_format=s.mem_format) for v in views
+            v.to(s.device, non_blocking=True).contiguous(
+                memory_format=s.mem_format if v.ndim == 4 else torch.contiguous_format
+            )
+            for v in views
         ]
         return views, labels
 

@@ -2,10 +2,12 @@
 
 from selfsup.transforms.base import MultiView, eval_transform, to_uint8_tensor
 from selfsup.transforms.views import (
+    ClipView,
     MaskedViewsConfig,
     MultiCropConfig,
     ViewsConfig,
     byol_views,
+    clip_view,
     local_crop_size,
     masked_view,
     multi_crop,
@@ -15,11 +17,13 @@ from selfsup.transforms.views import (
 )
 
 __all__ = [
+    "ClipView",
     "MaskedViewsConfig",
     "MultiCropConfig",
     "MultiView",
     "ViewsConfig",
     "byol_views",
+    "clip_view",
     "eval_transform",
     "local_crop_size",
     "masked_view",

@@ -225,3 +225,41 @@ def masked_view(
         channels=len(mean),
     )  # fmt: skip
     return views_from_specs([spec])
+
+
+class ClipView(MultiView):
+    """One view of a clip for video methods: uint8 ``(T, C, H, W)`` frames -> ``[(C, T, S,
+    S)]``, the same random resized crop and flip for every frame (a tube stays on the same
+    content), then normalised. ``clip`` = (frames, stride) tells the data loader to draw
+    ``frames`` frames ``stride`` apart from a random start of the video."""
+
+    def __init__(self, spec: ViewSpec, frames: int, stride: int) -> None:
+        if frames < 1 or stride < 1:
+            raise ValueError(f"a clip needs frames >= 1 and stride >= 1, got {frames}, {stride}")
+        # No specs: clips are augmented per sample on the CPU, never batched on the device.
+        super().__init__([spec_transform(spec)])
+        self.clip = (frames, stride)
+
+    def __call__(self, clip: torch.Tensor) -> list[torch.Tensor]:
+        if clip.ndim != 4:
+            raise ValueError(
+                f"a video method takes clips (T, C, H, W), got {tuple(clip.shape)}: pretrain "
+                "it on a folder of videos"
+            )
+        # torchvision's v2 transforms draw one set of parameters for all leading dimensions.
+        return [self.transforms[0](clip).transpose(0, 1).contiguous()]
+
+    def __repr__(self) -> str:
+        return f"ClipView(frames={self.clip[0]}, stride={self.clip[1]}, {self.transforms[0]!r})"
+
+
+def clip_view(cfg: MaskedViewsConfig, image_size: int, mean: Sequence[float],
+              std: Sequence[float], frames: int, stride: int) -> ClipView:  # fmt: skip
+    """The light augmentation of masked modelling, one crop and flip for a whole clip
+    (VideoMAE: multi-scale crop and flip)."""
+    spec = ViewSpec(
+        size=image_size, scale=(cfg.min_scale, cfg.max_scale), hflip_prob=cfg.hflip_prob,
+        mean=tuple(float(m) for m in mean), std=tuple(float(v) for v in std),
+        channels=len(mean),
+    )  # fmt: skip
+    return ClipView(spec, frames, stride)
