@@ -187,3 +187,39 @@ def test_pretrain_and_eval_video_from_the_cli(tmp_path: Path,
     res = json.loads(capsys.readouterr().out)
     assert res["clip_encoder"] == "video" and res["frames"] == 4 and res["stride"] == 2
     assert 0 <= res["top1_mean"] <= 100 and res["videos"] == 6
+
+
+def test_clip_grad_cam_by_hand_and_the_strip(tmp_path: Path) -> None:
+    import torch.nn.functional as F
+    from PIL import Image
+
+    import selfsup
+    from selfsup.viz import make
+    from selfsup.viz.common import open_run
+    from selfsup.viz.gradcam import Probe, clip_grad_cam
+
+    data = make_videos(tmp_path / "v", classes=2, per_class=3, frames=12, size=32)
+    run = tmp_path / "run"
+    selfsup.pretrain("videomae", data=str(data), out=run, steps=1, batch_size=3, image_size=32,
+                     workers=0, progress=False, precision="fp32",
+                     overrides=["monitor.knn=false",
+                                "backbone.kwargs={patch_size: 8, depth: 1, frames: 4}"])  # fmt: skip
+    out = make("video-gradcam", run, tmp_path / "cam.png", data=str(data))
+    with Image.open(out) as im:
+        assert im.size[0] > 300 and im.size[1] > 150
+    bb = open_run(run).method.feature_extractor()
+    d = bb.embed_dim
+    torch.manual_seed(0)
+    probe = Probe(torch.zeros(d), torch.full((d,), 2.0), torch.randn(d, 3), torch.zeros(3), None, 6)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    heat, probs = clip_grad_cam(bb, probe, clip, klass=1)
+    assert heat.shape == (4, 32, 32) and probs.shape == (1, 3)
+    # A linear probe on the mean of N tokens: every token's gradient is w / (std N), so each
+    # tube's Grad-CAM is relu(token . w) / (std N), held over its 2 frames and 8x8 pixels.
+    with torch.no_grad():
+        tokens = bb.forward_tokens(clip)[0]  # (N, D)
+    n = tokens.shape[0]
+    tube = F.relu(tokens @ (probe.weight[:, 1] / 2.0) / n).reshape(2, 1, 4, 4)
+    want = F.interpolate(tube.repeat_interleave(2, dim=0), size=(32, 32), mode="bilinear",
+                         align_corners=False)[:, 0]  # fmt: skip
+    torch.testing.assert_close(heat, want, atol=1e-5, rtol=1e-4)

@@ -14,7 +14,7 @@ kinds:
   retrieval       query images and their --k nearest neighbours (cosine), green/red borders
   attention       ViT class-token self-attention per head (DINO-style)
   gradcam         Grad-CAM of a logistic-regression probe's class, for CNN backbones
-  video-gradcam   Grad-CAM frame by frame of one clip a class (CNN backbones, --data videos)
+  video-gradcam   Grad-CAM frame by frame of one clip a class (CNNs, videomae; --data videos)
   patch-pca       PCA of ViT patch features as colours (DINOv2-style)
   reconstruction  MAE masked input / reconstruction / original
   augmentations   the method's training views of a few images
@@ -49,8 +49,8 @@ VIZ_FLAGS: list[tuple[str, str, Any, str]] = [
      "every image (default: each image's predicted class)"),
     ("--threshold", "threshold", float, "patch-pca: foreground when the first component, "
      "scaled to [0, 1], is above it; 0 keeps every patch (default: 0.5)"),
-    ("--frames", "frames", int, "video-gradcam: frames a clip (default: 8)"),
-    ("--stride", "stride", int, "video-gradcam: frames between a clip's frames (default: 4)"),
+    ("--frames", "frames", int, "video-gradcam: frames a clip (default: 8; a video run's own)"),
+    ("--stride", "stride", int, "video-gradcam: frames between a clip's frames (default: 4; a video run's own)"),
     ("--clips", "clips", int, "video-gradcam: clips a video for the probe's features (default: 2)"),
     ("--seed", "seed", int, "which images are drawn (default: 0)"),
     ("--device", "device", str, "feature extraction device: auto, cpu, cuda (default: auto)"),

@@ -168,6 +168,39 @@ def grad_cam(
     return cam[:, 0], scores.detach().softmax(1)
 
 
+def clip_grad_cam(backbone: Any, probe: Probe, clip: torch.Tensor,
+                  klass: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Grad-CAM of a space-time ViT (:class:`~selfsup.backbones.video_vit.VideoViTBackbone`)
+    for one clip (1, C, T, H, W): heat maps (T, H, W) and the probe's probabilities (1, K).
+
+    The activations are the final-normed tube tokens (N, D) (the transformer analogue of the
+    last convolutional map, as Grad-CAM is applied to ViTs), weighted by the mean gradient of
+    the class score (``klass``, default: the predicted one) over tokens; each tube's value
+    covers its ``tubelet`` frames and ``p`` x ``p`` pixels, then is upsampled bilinearly."""
+    store: list[torch.Tensor] = []
+
+    def hook(m: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        a = out.detach().float().requires_grad_(True)
+        store.append(a)
+        return a
+
+    handle = backbone.net.norm.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            scores = probe(backbone(clip.float()))
+            target = int(scores.argmax(1)) if klass is None else klass
+            (grad,) = torch.autograd.grad(scores[0, target], store[-1])
+    finally:
+        handle.remove()
+    act = store[-1].detach()[0]  # (N, D)
+    weights = grad[0].mean(0)  # (D,)
+    gt, gh, gw = backbone.grid(clip)
+    cam = F.relu(act @ weights).reshape(gt, 1, gh, gw)
+    cam = cam.repeat_interleave(backbone.tubelet, dim=0)  # a tube covers tubelet frames
+    cam = F.interpolate(cam, size=clip.shape[-2:], mode="bilinear", align_corners=False)
+    return cam[:, 0], scores.detach().softmax(1)
+
+
 def _class_index(spec: int | str, classes: list[str]) -> int:
     if isinstance(spec, int) or spec.isdigit():
         i = int(spec)

@@ -3,7 +3,8 @@ clip's predicted action lies. A logistic-regression probe is fitted on the clip 
 the labelled videos (frames through the run's backbone, averaged: as ``selfsup eval video``
 computes them); the clip's class score, from its frames' mean feature, is differentiated
 back to each frame's last convolutional map (Grad-CAM, Selvaraju et al., 2017, applied
-frame by frame under temporal pooling)."""
+frame by frame under temporal pooling). A space-time ViT (videomae) takes each clip whole;
+its tube tokens take the place of the convolutional map."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from selfsup.backbones import Backbone
 from selfsup.backbones.vit import ViTBackbone
 from selfsup.config import ConfigError
 from selfsup.viz.common import Run, image_grid, open_run, overlay, row_label, save, to_display
-from selfsup.viz.gradcam import fit_probe, grad_cam
+from selfsup.viz.gradcam import clip_grad_cam, fit_probe, grad_cam
 
 
 def video_gradcam(
@@ -23,26 +24,32 @@ def video_gradcam(
     out: str | Path,
     data: str | None = None,
     *,
-    frames: int = 8,
-    stride: int = 4,
+    frames: int | None = None,
+    stride: int | None = None,
     clips: int = 2,
     seed: int = 0,
     device: str = "auto",
 ) -> Path:
     """A strip of ``frames`` frames with their Grad-CAM for the first video of each class of
     the labelled video folder ``data``; the probe is fitted on every video's clip feature
-    (``clips`` clips of ``frames`` frames ``stride`` apart)."""
+    (``clips`` clips of ``frames`` frames ``stride`` apart: 8 and 4 by default, a video
+    backbone's own clips for a video run)."""
     from selfsup.data.video import clip_indices, clip_starts, open_videos
     from selfsup.eval.video import clip_features, frame_batch
     from selfsup.transforms.base import eval_transform
 
     r = open_run(run)
     bb = r.method.feature_extractor()
-    if isinstance(bb, ViTBackbone) or not isinstance(bb, Backbone):
+    whole = bool(getattr(bb, "is_video", False))
+    if not whole and (isinstance(bb, ViTBackbone) or not isinstance(bb, Backbone)):
         raise ConfigError(
-            f"video-gradcam works on CNN backbones (it weighs a convolutional feature map), "
-            f"but {r.name} is a {r.describe} run."
+            f"video-gradcam works on CNN backbones (it weighs a convolutional feature map) "
+            f"and space-time ViTs (videomae), but {r.name} is a {r.describe} run."
         )
+    if whole:
+        frames = frames or int(getattr(bb, "frames"))  # noqa: B009
+        stride = stride or int(getattr(r.method.cfg, "clip_stride", 4))
+    frames, stride = frames or 8, stride or 4
     if data is None:
         raise ConfigError("video-gradcam needs --data: a folder of class folders of videos.")
     folder = open_videos(data)
@@ -56,7 +63,7 @@ def video_gradcam(
             out: torch.Tensor = bb(x.mean(1, keepdim=True) if r.channels == 1 else x)
         return out
 
-    feats = clip_features(encode, folder, transform, frames, stride, clips)
+    feats = clip_features(encode, folder, transform, frames, stride, clips, whole_clips=whole)
     labels = torch.tensor(folder.labels)
     probe = fit_probe(feats, labels, len(folder.classes), seed=seed)
     firsts = [folder.labels.index(c) for c in range(len(folder.classes))]
@@ -73,7 +80,11 @@ def video_gradcam(
         x = frame_batch(video, transform, idx)
         if r.channels == 1:
             x = x.mean(1, keepdim=True)
-        heat, probs = grad_cam(bb, probe, x, pool=True)
+        if whole:
+            heat, probs = clip_grad_cam(bb, probe, x.transpose(0, 1).unsqueeze(0))
+        else:
+            assert isinstance(bb, Backbone)
+            heat, probs = grad_cam(bb, probe, x, pool=True)
         pred = int(probs[0].argmax())
         img = to_display(x, r.mean, r.std)
         for j in range(frames):
