@@ -223,3 +223,26 @@ def test_clip_grad_cam_by_hand_and_the_strip(tmp_path: Path) -> None:
     want = F.interpolate(tube.repeat_interleave(2, dim=0), size=(32, 32), mode="bilinear",
                          align_corners=False)[:, 0]  # fmt: skip
     torch.testing.assert_close(heat, want, atol=1e-5, rtol=1e-4)
+
+
+def test_overlay_on_one_scale_keeps_the_frames_comparable() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from selfsup.viz.common import overlay
+
+    fig, (a, b, c) = plt.subplots(1, 3)
+    image = np.zeros((4, 4, 3))
+    heat = np.full((4, 4), 0.5)
+    heat[0, 0] = 1.0
+    overlay(a, image, heat)  # own min-max: 0.5 -> 0
+    overlay(b, image, heat, scale=(0.0, 2.0))  # one clip's scale: 0.5 -> 0.25
+    overlay(c, image, np.zeros((4, 4)), scale=(0.0, 0.0))  # nothing positive: all 0
+    own, shared, empty = (np.asarray(ax.images[-1].get_array()) for ax in (a, b, c))
+    plt.close(fig)
+    assert own[1, 1] == 0.0 and own[0, 0] == 1.0
+    np.testing.assert_allclose(shared[1, 1], 0.25)
+    np.testing.assert_allclose(shared[0, 0], 0.5)
+    assert not empty.any()

@@ -261,10 +261,13 @@ def show(ax: Axes, image: np.ndarray, border: str | None = None, caption: str | 
 
 
 def overlay(ax: Axes, image: np.ndarray, heat: np.ndarray, alpha: float = 0.5,
-            caption: str | None = None) -> None:  # fmt: skip
-    """An image with a heat map (h, w), rescaled to [0, 1], drawn over it (jet colours)."""
+            caption: str | None = None, scale: tuple[float, float] | None = None) -> None:  # fmt: skip
+    """An image with a heat map (h, w), rescaled to [0, 1], drawn over it (jet colours).
+
+    ``scale``: the (low, high) values mapped to 0 and 1 (default: this map's own minimum and
+    maximum); give one scale to a clip's frames so that their colours compare."""
     h, w = image.shape[:2]
-    lo, hi = float(heat.min()), float(heat.max())
+    lo, hi = (float(heat.min()), float(heat.max())) if scale is None else scale
     norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
     show(ax, image, caption=caption)
     ax.imshow(norm, cmap="jet", alpha=alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5),

@@ -87,10 +87,15 @@ def video_gradcam(
             heat, probs = grad_cam(bb, probe, x, pool=True)
         pred = int(probs[0].argmax())
         img = to_display(x, r.mean, r.std)
+        # One scale a clip, so that frames compare: where in time the evidence lies shows.
+        top = float(heat.max())
         for j in range(frames):
             caption = f"frame {idx[j]}"
             if j == 0:
                 caption = f"{folder.classes[pred]} p={float(probs[0, pred]):.2f}"
-            overlay(axes[row, j], img[j], heat[j].numpy(), caption=caption)
+                if top <= 0:  # every location argues against the class: nothing to show
+                    caption += "\nno positive evidence"
+            overlay(axes[row, j], img[j], heat[j].numpy(), caption=caption,
+                    scale=(0.0, top))  # fmt: skip
         row_label(axes[row, 0], f"{folder.classes[folder.labels[i]]}\n{folder.paths[i].name}")
     return save(fig, out)
