@@ -216,6 +216,11 @@ def loader(s: Setup, cfg: Config, state: TrainState) -> tuple[EpochSampler, Data
         s.dataset, batch_size=t.batch_size, sampler=sampler,
         collate_fn=collate_canvas if s.on_device else collate_views,
         pin_memory=s.device.type == "cuda",
+        # Its own generator: a loader draws a base seed from the global random state at each
+        # new iterator (every epoch without workers, once with persistent ones), and the
+        # global state is the method's (MAE / VideoMAE masks, drop path). Kept apart, those
+        # draws are the same whatever the number of workers, and a resume repeats them.
+        generator=torch.Generator().manual_seed(t.seed + s.rank),
         **loader_kwargs(s.workers, persistent=True),
     )  # fmt: skip
     return sampler, data
