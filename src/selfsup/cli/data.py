@@ -24,6 +24,10 @@ def add_parser(sub: Subparsers) -> None:
         description="Scan every image under PATH in parallel: counts, formats, colour modes, "
         "bit depths, channels, sizes, unreadable files, exact duplicates, and per-channel "
         "mean/std as training sees them (reused by pretrain --normalize auto).\n\n"
+        "DICOM (.dcm, .dicom, or no extension with the DICM preamble) and NIfTI (.nii, "
+        ".nii.gz) count every frame or slice, and the report lists modalities, photometric "
+        "interpretations, bit depths, transfer syntaxes and the compressed files that need "
+        "an extra decoder, with the command that installs it (see docs/medical.md).\n\n"
         "Dense-task folders are recognised by their layout: a segmentation split (images/ + "
         "masks/, optional fov/ and classes.json), a COCO split (annotations.json) or a folder "
         "of splits. Then the check pairs images with masks, compares sizes from file headers, "
@@ -75,10 +79,59 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("channels", _counts(report["native_channels"])),
         ("width min / median / max", f"{w.get('min')} / {w.get('median')} / {w.get('max')}"),
         ("height min / median / max", f"{h.get('min')} / {h.get('median')} / {h.get('max')}"),
-        (f"mean ({report['channels']} ch)", ", ".join(f"{m:.4f}" for m in report["mean"])),
-        (f"std ({report['channels']} ch)", ", ".join(f"{s:.4f}" for s in report["std"])),
+        *_medical_rows(report),
+        *_stat_rows(report),
         ("seconds", str(report["seconds"])),
     ]
+
+
+def _stat_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Mean and std per channel; one value for grey images (their channels are equal)."""
+    ch = report["channels"]
+    if report.get("grey") and ch > 1:
+        return [
+            ("mean (grey)", f"{report['mean'][0]:.4f}"),
+            ("std (grey)", f"{report['std'][0]:.4f}"),
+        ]
+    return [(f"mean ({ch} ch)", ", ".join(f"{m:.4f}" for m in report["mean"])),
+            (f"std ({ch} ch)", ", ".join(f"{s:.4f}" for s in report["std"]))]  # fmt: skip
+
+
+def _medical_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    m = report.get("medical")
+    if not m:
+        return []
+    return [("DICOM files (frames)", f"{m['dicom_files']} ({m['frames']})"),
+            ("NIfTI files (slices)", f"{m['nifti_files']} ({m['slices']})"),
+            ("samples (images, frames, slices)", str(report["samples"])),
+            ("medical bit depths", _counts(m["bit_depths"]) or "-"),
+            ("photometric", _counts(m["photometric"]) or "-"),
+            ("modalities", _counts(m["modalities"]) or "-"),
+            ("transfer syntaxes", _counts(m["transfer_syntaxes"]) or "-"),
+            ("compressed, not decoded", str(len(m["undecodable"]))),
+            ("DICOM without image", str(len(m["not_images"])))]  # fmt: skip
+
+
+def _advice(report: dict[str, Any]) -> list[str]:
+    """Lines after the table: grey images, compressed DICOM that need a decoder."""
+    lines = []
+    if report.get("grey") and report["channels"] > 1:
+        lines.append(
+            f"the images are grey: their {report['channels']} channels would be equal. Train "
+            "on one channel with --channels 1 (the override backbone.in_chans=1); "
+            "--normalize auto reuses this report's grey mean/std."
+        )
+    m = report.get("medical") or {}
+    for syntax in sorted({u["transfer_syntax"] for u in m.get("undecodable", [])}):
+        files = [u for u in m["undecodable"] if u["transfer_syntax"] == syntax]
+        missing = all(u.get("decoder_missing", True) for u in files)
+        why = "no decoder for it is installed" if missing else "decoding failed (corrupt?)"
+        n = f"{len(files)} DICOM file{'s' if len(files) > 1 else ''}"
+        lines.append(f"{n} compressed as {syntax}: {why}. "
+                     f"Install a decoder: {files[0]['fix']}")  # fmt: skip
+    for item in m.get("not_images", [])[:5]:
+        lines.append(f"left out (no image): {item['file']}: {item['what']}")
+    return lines
 
 
 def run_data(a: argparse.Namespace) -> int:
@@ -105,6 +158,8 @@ def run_data(a: argparse.Namespace) -> int:
         print(f"unreadable: {bad['file']}: {bad['error']}")
     if len(report["unreadable"]) > 10:
         print(f"... and {len(report['unreadable']) - 10} more (see the report)")
+    for line in _advice(report):
+        print(line)
     print(f"report: {written[0]}")
     return 0
 

@@ -40,11 +40,13 @@ def fingerprint(source: ImageSource, channels: int, cap: int) -> str:
     """A short hash of what the cache holds: the items (paths, sizes, modification times
     when they are files), the channel count and the cap."""
     h = hashlib.sha1(f"v{FORMAT}|{source.name}|{len(source)}|{channels}|{cap}".encode())
+    path_of = getattr(source, "path", None)  # folders: the file behind an item (or frame)
     for i in range(len(source)):
         where = source.describe(i)
         h.update(where.encode())
-        if os.path.isfile(where):
-            st = os.stat(where)
+        file = str(path_of(i)) if path_of is not None else where
+        if os.path.isfile(file):
+            st = os.stat(file)
             h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 

@@ -3,16 +3,22 @@
 The report counts files, formats, colour modes, bit depths, channel counts and sizes; lists
 unreadable files and exact duplicates; and computes per-channel mean and standard deviation
 of the pixels as training will see them (after conversion to ``channels``), so that
-``data.normalize=auto`` can reuse them.
+``data.normalize=auto`` can reuse them. DICOM and NIfTI files count every frame or slice
+(``samples``), and a ``medical`` section lists their modalities, photometric
+interpretations, transfer syntaxes, the compressed files that need a decoder (with the fix)
+and DICOM objects that hold no image. ``grey`` says that every image is grey, so that
+one input channel would do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from selfsup.data import medical
 from selfsup.data.decode import DEFAULT_MAX_PIXELS, open_file, to_tensor
 from selfsup.data.sources import DataError, ImageSource, scan_folder
 
@@ -35,13 +42,54 @@ def _bits(img: Image.Image | np.ndarray) -> str:
     )
 
 
+def _add_stats(out: dict[str, Any], tensors: Iterable[torch.Tensor]) -> None:
+    """Per-channel sums, sums of squares and pixel count over the samples of one file; the
+    size of its first sample; whether it is grey (one native channel, or equal channels)."""
+    s = ss = None
+    pixels = 0
+    equal = out.get("native_channels") != 1  # grey by content: still to be seen
+    for raw in tensors:
+        if s is None:
+            out["height"], out["width"] = int(raw.shape[1]), int(raw.shape[2])
+        t = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
+        flat = t.reshape(t.shape[0], -1).double()
+        s = flat.sum(1) if s is None else s + flat.sum(1)
+        ss = (flat * flat).sum(1) if ss is None else ss + (flat * flat).sum(1)
+        pixels += int(flat.shape[1])
+        if equal:
+            equal = flat.shape[0] > 1 and bool((flat == flat[:1]).all())
+    if s is None or ss is None:
+        raise DataError(f"{out['file']} holds no image")
+    grey = out.get("native_channels") == 1 or equal
+    out.update(sum=s.tolist(), sumsq=ss.tolist(), pixels=pixels, grey=grey)
+
+
+def _inspect_medical(p: Path, kind: str, channels: int, max_pixels: int,
+                     out: dict[str, Any]) -> None:  # fmt: skip
+    out["kind"] = kind
+    out.update(medical.dicom_info(p) if kind == "dicom" else medical.nifti_info(p))
+    dims = medical.sample_dims(p, kind)
+    if dims is None:
+        out["samples"] = 0
+        out["not_image"] = f"{out.get('sop_class', 'a DICOM object')} (no pixel data)"
+        raise DataError(f"{p} holds no image: {out['not_image']}")
+    out["samples"] = math.prod(dims)
+    samples = medical.iter_samples(p, kind, max_pixels)
+    _add_stats(out, (to_tensor(a, channels, str(p)) for a in samples))
+
+
 def inspect_file(args: tuple[str, int, int]) -> dict[str, Any]:
     """Everything the report needs about one file (runs in a worker process)."""
     path, channels, max_pixels = args
     p = Path(path)
-    out: dict[str, Any] = {"file": path, "bytes": p.stat().st_size}
+    out: dict[str, Any] = {"file": path, "bytes": p.stat().st_size, "samples": 1}
     try:
         out["md5"] = hashlib.md5(p.read_bytes()).hexdigest()
+        kind = medical.kind_of(p)
+        if kind is not None:
+            _inspect_medical(p, kind, channels, max_pixels, out)
+            out["ok"] = True
+            return out
         img = open_file(p, max_pixels)
         if isinstance(img, np.ndarray):
             out.update(format="TIFF", mode=f"{img.shape[2]}-band", width=img.shape[1],
@@ -50,17 +98,14 @@ def inspect_file(args: tuple[str, int, int]) -> dict[str, Any]:
             out.update(format=img.format or p.suffix.lstrip(".").upper(), mode=img.mode,
                        width=img.width, height=img.height, native_channels=len(img.getbands()))  # fmt: skip
         out["bits"] = _bits(img)
-        raw = to_tensor(img, channels, path)
-        out["height"], out["width"] = int(raw.shape[1]), int(raw.shape[2])  # after EXIF rotation
-        t = raw.float() / 255.0 if raw.dtype == torch.uint8 else raw.float()
-        flat = t.reshape(t.shape[0], -1).double()
-        out["sum"] = flat.sum(1).tolist()
-        out["sumsq"] = (flat * flat).sum(1).tolist()
-        out["pixels"] = int(flat.shape[1])
+        _add_stats(out, [to_tensor(img, channels, path)])  # sizes after EXIF rotation
         out["ok"] = True
     except Exception as err:  # every failure is reported, none stops the scan
         out["ok"] = False
         out["error"] = f"{type(err).__name__}: {err}"
+        if isinstance(err, medical.CompressedPixelsError):
+            out["undecodable"] = {"transfer_syntax": err.syntax, "fix": err.fix,
+                                  "decoder_missing": err.missing}  # fmt: skip
     return out
 
 
@@ -96,6 +141,7 @@ def check_folder(
     else:
         rows = [inspect_file(j) for j in jobs]
     good = [r for r in rows if r["ok"]]
+    bad = [r for r in rows if not r["ok"] and "not_image" not in r]
     s = np.zeros(channels)
     ss = np.zeros(channels)
     n = 0
@@ -114,8 +160,9 @@ def check_folder(
         "version": REPORT_VERSION,
         "path": str(Path(path).resolve()),
         "files": len(rows),
+        "samples": sum(r["samples"] for r in rows),
         "readable": len(good),
-        "unreadable": [{"file": r["file"], "error": r["error"]} for r in rows if not r["ok"]],
+        "unreadable": [{"file": r["file"], "error": r["error"]} for r in bad],
         "labelled": source.labels is not None,
         "classes": {
             c: sum(1 for t in (source.labels or []) if t == i) for i, c in enumerate(source.classes)
@@ -132,7 +179,37 @@ def check_folder(
         "channels": channels,
         "mean": mean,
         "std": std,
+        "grey": bool(good) and all(r["grey"] for r in good),
+        **({"medical": _medical_summary(rows)} if any("kind" in r for r in rows) else {}),
         "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _medical_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The DICOM / NIfTI part of the report (header facts count unreadable files too)."""
+    dcm = [r for r in rows if r.get("kind") == "dicom"]
+    nii = [r for r in rows if r.get("kind") == "nifti"]
+    images = [r for r in dcm if "not_image" not in r]
+
+    def count(rs: list[dict[str, Any]], key: str) -> dict[str, int]:
+        return dict(Counter(str(r[key]) for r in rs if key in r))
+
+    return {
+        "dicom_files": len(dcm),
+        "nifti_files": len(nii),
+        "frames": sum(r["samples"] for r in dcm),
+        "slices": sum(r["samples"] for r in nii),
+        "multi_sample_files": sum(1 for r in dcm + nii if r["samples"] > 1),
+        "bit_depths": count(images + nii, "bits"),
+        "photometric": count(images, "mode"),
+        "modalities": count(images, "modality"),
+        "transfer_syntaxes": count(images, "transfer_syntax"),
+        "undecodable": [
+            {"file": r["file"], **r["undecodable"]} for r in rows if "undecodable" in r
+        ],
+        "not_images": [
+            {"file": r["file"], "what": r["not_image"]} for r in dcm if "not_image" in r
+        ],
     }
 
 
@@ -166,13 +243,15 @@ def cached_stats(
         r = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
-    if (
-        r.get("channels") != channels
-        or r.get("files") != files
-        or r.get("version") != REPORT_VERSION
-    ):
+    # ``files`` is the size of the source: files, or frames and slices (``samples``).
+    if r.get("version") != REPORT_VERSION or files not in (r.get("files"), r.get("samples")):
         return None
-    return list(r["mean"]), list(r["std"])
+    if r.get("channels") == channels:
+        return list(r["mean"]), list(r["std"])
+    if r.get("grey") and {channels, r.get("channels")} <= {1, 3}:
+        # Grey images: one channel, or three equal ones, hold the same values.
+        return [r["mean"][0]] * channels, [r["std"][0]] * channels
+    return None
 
 
 def sample_stats(

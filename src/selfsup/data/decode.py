@@ -7,7 +7,8 @@ stored (normalise them with ``data.normalize=auto``).
 
 Handled: RGB, grayscale, RGBA/LA (alpha dropped), palette, CMYK, YCbCr, 1-bit, 16-bit and
 32-bit grayscale, EXIF-rotated JPEG/TIFF/WebP, multi-channel TIFF (any number of bands,
-through ``tifffile``), and a decompression-bomb guard.
+through ``tifffile``), DICOM frames and NIfTI slices (through :mod:`selfsup.data.medical`,
+which documents how their intensities map to [0, 1]), and a decompression-bomb guard.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from selfsup.data import medical
 from selfsup.data.sources import DataError
 
 # PIL's own guard (89 megapixels) warns; we refuse above this many pixels per image.
@@ -36,11 +38,17 @@ def _guard(width: int, height: int, where: str, max_pixels: int) -> None:
         )
 
 
-def open_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image | np.ndarray:
-    """Read an image file: a PIL image, or an (H, W, C) array for TIFFs PIL cannot hold."""
+def open_file(
+    path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, index: int = 0
+) -> Image.Image | np.ndarray:
+    """Read an image file: a PIL image, or an (H, W, C) array for TIFFs PIL cannot hold and
+    for DICOM and NIfTI files (``index``: which frame or slice of them)."""
     where = str(path)
     if path.stat().st_size == 0:
         raise DataError(f"{where} is empty (0 bytes)")
+    kind = medical.kind_of(path)
+    if kind is not None:
+        return medical.read(path, kind, index, max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

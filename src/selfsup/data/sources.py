@@ -2,11 +2,13 @@
 
 A source is an indexable list of images with optional labels. It decodes one image on
 demand (``load(i)``) and knows a human-readable name for each item (``describe(i)``) so that
-errors can name the file.
+errors can name the file. A folder whose files hold several images each (multi-frame DICOM,
+NIfTI volumes) is a :class:`FrameFolderSource`: one item per frame or slice.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -30,6 +32,12 @@ IMAGE_EXTENSIONS = (
     ".pgm",
     ".pbm",
 )
+
+# Medical formats (read by selfsup.data.medical; pydicom / nibabel are optional). DICOM files
+# without an extension are found by their preamble when their name has no suffix or a
+# numeric one (IM0001, 1.2.840.1.2).
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
 NAMED_SETS = ("cifar10", "cifar100", "stl10")
 
@@ -91,6 +99,70 @@ class FolderSource:
         return str(self.path(i))
 
 
+@dataclass
+class FrameFolderSource:
+    """A folder where some files hold several 2-D images: one item per (file, frame).
+
+    ``items[i] = (file, k)``: sample ``k`` (frame of a multi-frame DICOM, slice of a NIfTI
+    volume, from 0) of ``folder.files[file]``; ``dims[file]`` are the axes that index the
+    file's samples (``()`` for a file of one image). Labels come from the files' folders.
+    Items are not files, so tools that move or hash files see them as a named set would be.
+    """
+
+    folder: FolderSource
+    items: list[tuple[int, int]]
+    dims: list[tuple[int, ...]]
+    kinds: list[str | None]
+
+    def __post_init__(self) -> None:
+        lab = self.folder.labels
+        self._labels = None if lab is None else [lab[f] for f, _ in self.items]
+
+    @property
+    def labels(self) -> list[int] | None:
+        return self._labels
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folder.classes
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, i: int) -> Path:
+        return self.folder.path(self.items[i][0])
+
+    def load(self, i: int) -> Image.Image | np.ndarray:
+        from selfsup.data.decode import open_file
+
+        f, k = self.items[i]
+        return open_file(self.folder.path(f), self.folder.max_pixels, index=k)
+
+    def describe(self, i: int) -> str:
+        from selfsup.data.medical import sample_name
+
+        f, k = self.items[i]
+        kind, dims = self.kinds[f], self.dims[f]
+        if kind is None or not dims:
+            return str(self.folder.path(f))
+        return f"{self.folder.path(f)}[{sample_name(kind, dims, k)}]"
+
+
+def _wanted(base: Path, rel: str, name: str) -> bool:
+    low = name.lower()
+    if name.startswith("."):
+        return False
+    if low.endswith(IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS):
+        return True
+    from selfsup.data.medical import dicom_candidate, has_dicm_preamble
+
+    return dicom_candidate(name) and has_dicm_preamble(base / rel / name)
+
+
 def scan_folder(root: str | Path, max_pixels: int | None = None) -> FolderSource:
     """Index every image file under ``root`` (sorted, so the order is reproducible)."""
     base = Path(root).expanduser()
@@ -108,12 +180,13 @@ def scan_folder(root: str | Path, max_pixels: int | None = None) -> FolderSource
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, base)
         for f in sorted(filenames):
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+            if _wanted(base, rel, f):
                 files.append(f if rel == "." else os.path.join(rel, f))
     if not files:
+        exts = IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS
         raise DataError(
-            f"no images found under {str(base)!r} (looked for {', '.join(IMAGE_EXTENSIONS)} "
-            "at any depth). Check the path."
+            f"no images found under {str(base)!r} (looked for {', '.join(exts)} and "
+            "DICOM files without an extension, at any depth). Check the path."
         )
     top = [f.split(os.sep, 1)[0] for f in files]
     labelled = all(os.sep in f for f in files)
@@ -126,6 +199,42 @@ def scan_folder(root: str | Path, max_pixels: int | None = None) -> FolderSource
     if max_pixels is not None:
         src.max_pixels = max_pixels
     return src
+
+
+def open_folder(root: str | Path, max_pixels: int | None = None) -> ImageSource:
+    """:func:`scan_folder`, then one item per frame or slice of medical files (counted from
+    their headers, no pixel data read); DICOM objects that hold no image (reports,
+    presentation states) are left out. A folder of one image a file stays a FolderSource."""
+    from selfsup.data.medical import MissingPackageError, kind_of, sample_dims
+
+    src = scan_folder(root, max_pixels)
+    kinds = [kind_of(src.path(i)) for i in range(len(src))]
+    if not any(kinds):
+        return src
+    dims: list[tuple[int, ...] | None] = []
+    for i, kind in enumerate(kinds):
+        try:
+            dims.append(sample_dims(src.path(i), kind) if kind else ())
+        except MissingPackageError:
+            raise  # a setup problem: say it now, not once per file
+        except Exception:
+            dims.append(())  # unreadable header: one item, reported when it is loaded
+    keep = [i for i, d in enumerate(dims) if d is not None]
+    if not keep:
+        raise DataError(
+            f"the DICOM files under {src.name!r} hold no images (reports or presentation "
+            "states only). Run selfsup data check on the folder to see what is there."
+        )
+    if len(keep) < len(src):
+        labels = None if src.labels is None else [src.labels[i] for i in keep]
+        src = FolderSource(src.root, [src.files[i] for i in keep], labels, src.classes,
+                           src.max_pixels)  # fmt: skip
+        kinds, dims = [kinds[i] for i in keep], [dims[i] for i in keep]
+    shapes = [d or () for d in dims]
+    if all(not d for d in shapes):
+        return src
+    items = [(f, k) for f, d in enumerate(shapes) for k in range(math.prod(d))]
+    return FrameFolderSource(src, items, shapes, kinds)
 
 
 class TorchvisionSource:
@@ -195,7 +304,7 @@ def open_source(
     if key in NAMED_SETS and not Path(spec).exists():
         base = Path(root).expanduser() if root else default_data_root() / key
         if (base / split).is_dir():
-            return scan_folder(base / split, max_pixels)
+            return open_folder(base / split, max_pixels)
         if root and not base.exists():
             raise DataError(f"--data-root {root!r} does not exist.")
         return TorchvisionSource(key, split, base, download)
@@ -203,7 +312,7 @@ def open_source(
 
     if has_video_files(spec):
         return VideoSource(open_videos(spec), gap=video_gap)
-    return scan_folder(spec, max_pixels)
+    return open_folder(spec, max_pixels)
 
 
 class SubsetSource:
@@ -269,9 +378,8 @@ def sniff_image_size(source: ImageSource, samples: int = 32, seed: int = 0) -> i
     sides = []
     for i in idx:
         try:
-            if isinstance(source, FolderSource):
-                with Image.open(source.path(i)) as im:
-                    sides.append(min(im.size))
+            if isinstance(source, FolderSource | FrameFolderSource):
+                sides.append(_header_side(source.path(i)))
             else:
                 img = source.load(i)
                 sides.append(min(img.size) if isinstance(img, Image.Image) else min(img.shape[:2]))
@@ -281,6 +389,17 @@ def sniff_image_size(source: ImageSource, samples: int = 32, seed: int = 0) -> i
         raise DataError(f"could not read any image of {source.name} to find the image size.")
     sides.sort()
     return sides[len(sides) // 2]
+
+
+def _header_side(path: Path) -> int:
+    """The shorter side of an image file (of one frame or slice), from its header."""
+    from selfsup.data.medical import image_size, kind_of
+
+    kind = kind_of(path)
+    if kind is not None:
+        return min(image_size(path, kind))
+    with Image.open(path) as im:
+        return min(im.size)
 
 
 def auto_image_size(source: ImageSource) -> int:
