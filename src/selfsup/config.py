@@ -191,6 +191,33 @@ class MonitorConfig:
     collapse: bool = True
 
 
+TRACKER_BACKENDS = ("tensorboard", "csv", "mlflow", "wandb")
+
+
+@dataclass
+class LoggingConfig:
+    # Where the run's metrics go: any of tensorboard, csv, mlflow, wandb (rank 0 only).
+    # csv (metrics.csv) is the run's own record that reports, curves and --resume read; it
+    # is always written. mlflow needs `pip install "selfsup[mlflow]"`, wandb
+    # `pip install "selfsup[wandb]"`. Both get the config as parameters, every metrics.csv
+    # row, evaluations run later on the run, the figures and the exported backbone.
+    backends: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    # The tracking run's name (default: the run folder's name).
+    run_name: str | None = None
+    # MLflow: tracking URI (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the
+    # working directory; a server as http://host:5000) and experiment name.
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "selfsup"
+    # W&B: project, entity (None: your default) and mode: online, offline (sync later
+    # with `wandb sync`), disabled; None: $WANDB_MODE, else online.
+    wandb_project: str = "selfsup"
+    wandb_entity: str | None = None
+    wandb_mode: str | None = None
+    # Export the trained backbone (safetensors + preprocessing.json) into the run folder at
+    # the end and log it to the trackers as the model artifact (mlflow / wandb only).
+    log_backbone: bool = True
+
+
 @dataclass
 class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -199,6 +226,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 # ----------------------------------------------------------------------------- durations
@@ -456,6 +484,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"backbone.in_chans must be at least 1, got {cfg.backbone.in_chans}.")
     if cfg.monitor.k < 1:
         raise ConfigError(f"monitor.k must be at least 1, got {cfg.monitor.k}.")
+    _validate_logging(cfg.logging)
+
+
+def _validate_logging(lg: LoggingConfig) -> None:
+    for b in lg.backends:
+        if b not in TRACKER_BACKENDS:
+            close = difflib.get_close_matches(str(b), TRACKER_BACKENDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"logging.backends: unknown backend {b!r}; choose from "
+                f"{', '.join(TRACKER_BACKENDS)}.{hint}"
+            )
+    if lg.wandb_mode not in (None, "online", "offline", "disabled"):
+        raise ConfigError(
+            f"logging.wandb_mode must be online, offline or disabled (or unset), got "
+            f"{lg.wandb_mode!r}."
+        )
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -95,3 +95,15 @@ def run_handler(handler: Handler, args: argparse.Namespace) -> int:
             raise
         print(f"selfsup: error: {err}", file=sys.stderr)
         return 2
+
+
+def record_eval(a: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Keep this evaluation in its run (``<run>/evaluations.jsonl``, see
+    :mod:`selfsup.eval.records`) and say where, unless ``--json`` keeps stdout for JSON."""
+    from selfsup.eval.records import record_evaluation
+
+    random_init = bool(getattr(a, "random_init", False)) or a.protocol == "scratch"
+    path = record_evaluation(getattr(a, "checkpoint", None), a.protocol, results, vars(a),
+                             random_init=random_init)  # fmt: skip
+    if path is not None and not getattr(a, "json", False):
+        print(f"recorded in {path}", file=sys.stderr)

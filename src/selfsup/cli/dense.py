@@ -9,7 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
+from selfsup.cli.common import (
+    Formatter,
+    Subparsers,
+    add_progress_flags,
+    print_table,
+    record_eval,
+)
 
 EVAL_PROTOCOLS = ("segment", "detect")
 
@@ -160,6 +166,7 @@ def run(a: argparse.Namespace) -> int:
         rows = [("box AP (%)", f"{res.box_ap:.2f}"), ("box AP50 (%)", f"{res.box_ap50:.2f}")]
         if res.mask_ap is not None:
             rows.append(("mask AP (%)", f"{res.mask_ap:.2f}"))
+    record_eval(a, res.as_dict())
     if a.json:
         print(json.dumps(res.as_dict()))
         return 0

@@ -8,7 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
+from selfsup.cli.common import (
+    Formatter,
+    Subparsers,
+    add_progress_flags,
+    print_table,
+    record_eval,
+)
 
 EVAL_PROTOCOLS = ("depth",)
 
@@ -108,6 +114,7 @@ def run(a: argparse.Namespace) -> int:
                          test_frames=a.test_frames, train=a.train, test=a.test,
                          scale=a.depth_scale, random_init=a.random_init,
                          progress=not a.no_progress, save=_save_folder(a))  # fmt: skip
+    record_eval(a, res.as_dict())
     if a.json:
         print(json.dumps(res.as_dict()))
         return 0

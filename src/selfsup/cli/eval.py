@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from selfsup.cli import dense, depth, experiment, video
-from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
+from selfsup.cli.common import (
+    Formatter,
+    Subparsers,
+    add_progress_flags,
+    print_table,
+    record_eval,
+)
 
 if TYPE_CHECKING:
     from selfsup.api import Evaluation
@@ -203,11 +210,15 @@ def run_eval(a: argparse.Namespace) -> int:
     )  # fmt: skip
     out: dict[str, Any] = {"protocol": a.protocol, "checkpoint": a.checkpoint,
                            "random_init": a.random_init, **ev.as_dict()}  # fmt: skip
+    record_eval(a, out)
     if a.json:
         print(json.dumps(out))
         return 0
     what = "random init" if a.random_init else (a.checkpoint or "")
     print_table(f"{a.protocol} evaluation: {what}", _rows(ev))
+    note = getattr(ev.result, "note", None)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,7 @@ from selfsup.cli.common import (
     add_progress_flags,
     int_list,
     print_table,
+    record_eval,
 )
 
 EVAL_PROTOCOLS = ("fewshot", "finetune", "scratch", "selftrain")
@@ -243,6 +244,7 @@ def run_fewlabel(a: argparse.Namespace) -> int:
         out, rows = _selftrain(a)
     else:
         out, rows = _finetune(a)
+    record_eval(a, out)
     if a.json:
         print(json.dumps(out, default=str))
     else:

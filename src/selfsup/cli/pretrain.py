@@ -229,6 +229,14 @@ def run_pretrain(a: argparse.Namespace) -> int:
     if not main:
         return 0
     s = result.state
+    if result.stopped_by == "already complete":
+        print(
+            f"already complete: {result.out_dir} trained its whole budget ({s.step} steps, "
+            f"{s.images_seen} images, {s.elapsed:.0f}s); nothing to do. To train further, "
+            f"resume with a larger budget, e.g. --resume {result.out_dir} --steps {2 * s.step} "
+            "(or --epochs / --max-time); the schedule then spans the new budget."
+        )
+        return 0
     line = (
         f"done ({result.stopped_by}): {s.step} steps, {s.images_seen} images, "
         f"{s.elapsed:.0f}s training, {result.images_per_s:.1f} img/s, peak memory "

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfsup.cli.common import Formatter, Subparsers, add_progress_flags, print_table
+from selfsup.cli.common import (
+    Formatter,
+    Subparsers,
+    add_progress_flags,
+    print_table,
+    record_eval,
+)
 
 EVAL_PROTOCOLS = ("video",)
 
@@ -60,6 +66,7 @@ def run(a: argparse.Namespace) -> int:
                              progress=not a.no_progress)  # fmt: skip
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    record_eval(a, res)
     if a.json:
         print(json.dumps(res))
         return 0

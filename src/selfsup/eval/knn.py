@@ -24,8 +24,12 @@ class KNNResult:
     n_train: int
     n_test: int
     seconds: float = 0.0
+    # Set when k is larger than the smallest class of the bank: neighbours of other classes
+    # then always vote, whatever the features (k = 200 is the protocol for sets with
+    # thousands of images a class, such as CIFAR-10's 5,000).
+    note: str | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
         return asdict(self)
 
 
@@ -80,6 +84,13 @@ def knn_classify(
     train_features, train_labels = train_features[keep], train_labels[keep]
     num_classes = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     scores = knn_scores(train_features, train_labels, test_features, k, temperature, num_classes)
+    counts = torch.bincount(train_labels, minlength=num_classes)
+    smallest = int(counts[counts > 0].min())
+    note = None
+    if k > smallest:
+        note = (f"k = {k} is more than the {smallest} training images of the smallest class, so "
+                "neighbours of other classes always vote; for a set this small try "
+                f"--k {min(20, smallest)}")  # fmt: skip
     return KNNResult(
         top1=topk_accuracy(scores, test_labels, 1),
         top5=topk_accuracy(scores, test_labels, 5),
@@ -88,4 +99,5 @@ def knn_classify(
         n_train=int(train_features.shape[0]),
         n_test=int(test_features.shape[0]),
         seconds=time.perf_counter() - t0,
+        note=note,
     )

@@ -1,4 +1,5 @@
-"""Run logs: ``metrics.csv`` (one row per logged step) and TensorBoard event files."""
+"""Run logs: ``metrics.csv`` (one row per logged step), TensorBoard event files, and the
+rows mirrored to external trackers (MLflow, W&B: :mod:`selfsup.train.trackers`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 import warnings
 from pathlib import Path
 from typing import Any
+
+from selfsup.train.trackers import Tracker, numeric
 
 BASE_COLUMNS = ["step", "epoch", "images", "elapsed_s", "lr", "img_per_s", "data_wait"]
 MONITOR_COLUMNS = ["knn_top1", "knn_top5"]
@@ -20,7 +23,9 @@ class MetricsLogger:
     stays one consistent history.
     """
 
-    def __init__(self, out_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, out_dir: Path, resume_step: int | None = None, tensorboard: bool = True,
+                 trackers: list[Tracker] | None = None) -> None:  # fmt: skip
+        self.trackers = trackers or []
         self.path = out_dir / "metrics.csv"
         self.columns: list[str] | None = None
         if resume_step is not None and self.path.exists():
@@ -60,6 +65,9 @@ class MetricsLogger:
                 if k in ("step",) or v is None or not isinstance(v, int | float):
                     continue
                 self.tb.add_scalar(_tb_name(k), v, step)
+        values = numeric({k: v for k, v in row.items() if k != "step"})
+        for t in self.trackers:
+            t.log_metrics(values, int(row["step"]))
 
     def close(self) -> None:
         if self.tb is not None:

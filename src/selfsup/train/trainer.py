@@ -34,6 +34,7 @@ from selfsup.train.setup import Setup, header, loader, prepare, restore
 from selfsup.train.signals import StopSignals
 from selfsup.train.state import MAX_BAD_STEPS, FitResult, TrainingError, TrainState
 from selfsup.train.step import StepRunner
+from selfsup.train.trackers import Tracker, finish_trackers, open_trackers
 from selfsup.train.window import LogWindow, postfix
 
 __all__ = ["MAX_BAD_STEPS", "FitResult", "KNNMonitor", "TrainState", "Trainer", "TrainingError"]
@@ -81,6 +82,14 @@ class Trainer:
         """
         s = prepare(self.cfg, method, source, self.progress)
         state = restore(s, method, resume) if resume is not None else TrainState()
+        if resume is not None and fraction_done(state.step, state.elapsed, s.total_steps,
+                                                s.max_time) >= 1:  # fmt: skip
+            # Nothing to train: leave the run folder (summary, curves, trackers) as it was.
+            return FitResult(
+                out_dir=self.out_dir, state=state, stopped_by="already complete",
+                images_per_s=0.0, peak_memory_mb=0.0, final_loss=None,
+                precision=s.precision, device=str(s.device),
+            )  # fmt: skip
         run = _Run(self, method, s, state, monitor, resumed=resume is not None)
         run_t0 = time.perf_counter()
         images_at_start, time_at_start = state.images_seen, state.elapsed
@@ -106,8 +115,11 @@ class Trainer:
                 if state.finished:
                     run.pictures.save(state.step)
                     run.run_monitor()
-        finally:
+        except BaseException:
             run.close()
+            finish_trackers(run.trackers, self.out_dir or Path("."), "failed")
+            raise
+        run.close()
         trained = state.elapsed - time_at_start
         result = FitResult(
             out_dir=self.out_dir, state=state,
@@ -121,7 +133,27 @@ class Trainer:
                 "wall_s": time.perf_counter() - run_t0, "config": to_dict(self.cfg),
             }  # fmt: skip
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if run.trackers and self.out_dir is not None:
+            model = _export_for_trackers(self.out_dir) if self.cfg.logging.log_backbone else None
+            status = "finished" if state.finished else "stopped"
+            finish_trackers(run.trackers, self.out_dir, status, model=model)
         return result
+
+
+def _export_for_trackers(out: Path) -> Path | None:
+    """The trained backbone as safetensors + preprocessing.json in ``<run>/export``, the
+    model artifact trackers receive (a failed export is a warning: the run itself is done)."""
+    from selfsup.export import export_backbone
+
+    try:
+        res = export_backbone(out, "safetensors", out / "export" / "safetensors",
+                              overwrite=True)  # fmt: skip
+    except Exception as err:  # the run is saved; only the artifact is missing
+        import warnings
+
+        warnings.warn(f"backbone not exported for the trackers: {err}", stacklevel=2)
+        return None
+    return res.out_dir
 
 
 class _Run:
@@ -134,12 +166,16 @@ class _Run:
         self.main = dist.is_main()
         self.out = out = trainer.out_dir if self.main else None
         self.logger: MetricsLogger | None = None
+        self.trackers: list[Tracker] = []
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(to_yaml(cfg))
+            self.trackers = open_trackers(cfg, out, resumed)
             self.logger = MetricsLogger(
-                out, resume_step=state.step if resumed else None, tensorboard=trainer.tensorboard
-            )
+                out, resume_step=state.step if resumed else None,
+                tensorboard=trainer.tensorboard and "tensorboard" in cfg.logging.backends,
+                trackers=self.trackers,
+            )  # fmt: skip
         self.pictures = Pictures(method, s.source, cfg, out, s.device, s.precision)
         self.monitor_results: dict[str, float] = {}
         self.stopped_by = "budget"

@@ -27,7 +27,8 @@ from selfsup.viz.common import Run, data_spec, open_run
 from selfsup.viz.curves import run_folder
 
 # Folders of a run that hold no results to show.
-SKIP_DIRS = {"eval_cache", "tensorboard", "checkpoints", "figures", "report_files"}
+SKIP_DIRS = {"eval_cache", "tensorboard", "checkpoints", "figures", "report_files", "wandb",
+             "export"}  # fmt: skip
 MAX_JSON_BYTES = 2_000_000
 MAX_ROWS = 80
 
@@ -221,6 +222,9 @@ def summary_rows(folder: Path, run: Run | None) -> list[tuple[str, Any]]:
 def eval_sections(folder: Path) -> list[tuple[str, str]]:
     """(title, html) of the evaluation results in the run folder."""
     out: list[tuple[str, str]] = []
+    recorded = evaluations_table(folder)
+    if recorded:
+        out.append(("Evaluations run on this run (evaluations.jsonl)", recorded))
     le = folder / "label_efficiency"
     le_json, le_md = le / "label_efficiency.json", le / "label_efficiency.md"
     if le_json.is_file():
@@ -252,6 +256,25 @@ def eval_sections(folder: Path) -> list[tuple[str, str]]:
             body += figure_html(picture, str(rel.with_suffix(".png")))
         out.append((str(rel), body))
     return out
+
+
+def evaluations_table(folder: Path) -> str:
+    """The records of ``selfsup eval ...`` on this run, newest first, one row each."""
+    from selfsup.eval.records import headline, read_evaluations
+
+    rows = []
+    for rec in reversed(read_evaluations(folder)):
+        data = rec.get("data") or {}
+        test = data.get("test") or data.get("data") or ""
+        frames = data.get("test_frames")
+        rows.append({
+            "date": str(rec.get("date", ""))[:16].replace("T", " "),
+            "protocol": rec.get("protocol"),
+            "weights": "random init" if rec.get("random_init") else "trained",
+            "evaluated on": f"{test} [{frames}]" if frames else test,
+            "results": ", ".join(f"{k} {_fmt(v)}" for k, v in headline(rec)),
+        })  # fmt: skip
+    return records_table(rows) if rows else ""
 
 
 def trainer_figures(folder: Path) -> dict[str, Path]:
