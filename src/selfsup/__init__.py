@@ -21,6 +21,7 @@ from selfsup.config import Config, ConfigError
 from selfsup.curation import CurationReport, curate, restore_quarantine
 from selfsup.embeddings import EmbedResult, embed, read_embeddings
 from selfsup.export import ExportResult, export_backbone
+from selfsup.hub import load_backbone
 from selfsup.methods.base import Method, StepInfo
 from selfsup.registry import register_method
 from selfsup.train import Trainer
@@ -46,6 +47,7 @@ __all__ = [
     "export_backbone",
     "extract",
     "list_methods",
+    "load_backbone",
     "load_config",
     "load_method",
     "make_config",

@@ -35,6 +35,13 @@ Formats:
 - ``torchscript``: ``backbone.torchscript.pt``, traced with ``torch.jit.trace`` (for any
   batch size at the run's image size). torch 2.10+ warns that TorchScript is deprecated; the
   warning is shown, and the file still loads with ``torch.jit.load``.
+- ``hf``: a folder in the layout of timm models on the Hugging Face hub (``model.safetensors``,
+  ``config.json``, a model card ``README.md``): loads with ``timm.create_model`` by name, with
+  no selfsup installed (see :mod:`selfsup.hub`).
+
+``out`` is a folder, or for the single-file formats a file name ending in the format's
+extension (``model.onnx``, ``weights.safetensors``, ``net.pt``), with ``preprocessing.json``
+beside it.
 """
 
 from __future__ import annotations
@@ -49,21 +56,32 @@ import torch
 from torch import nn
 
 from selfsup import config as C
+from selfsup import hub
 from selfsup.backbones import Backbone
 from selfsup.backbones.factory import TORCHVISION_RESNETS
 from selfsup.config import Config, ConfigError
 from selfsup.methods.base import Method
-from selfsup.runs import load_run
+from selfsup.runs import LoadedRun, load_run
 from selfsup.train import checkpoint as ckpt_io
 from selfsup.transforms.base import eval_resize
 
-FORMATS = ("torchvision", "timm", "safetensors", "onnx", "torchscript")
+FORMATS = ("torchvision", "timm", "safetensors", "onnx", "torchscript", "hf")
 FILES = {
     "torchvision": "backbone.pth",
     "timm": "backbone.pth",
     "safetensors": "backbone.safetensors",
     "onnx": "backbone.onnx",
     "torchscript": "backbone.torchscript.pt",
+    "hf": "model.safetensors",
+}
+# An --out ending in one of these is the model file itself (hf is always a folder).
+SUFFIXES = {
+    "torchvision": (".pth", ".pt"),
+    "timm": (".pth", ".pt"),
+    "safetensors": (".safetensors",),
+    "onnx": (".onnx",),
+    "torchscript": (".pt",),
+    "hf": (),
 }
 PREPROCESSING = "preprocessing.json"
 INPUT_NAME, OUTPUT_NAME = "images", "features"
@@ -79,6 +97,8 @@ NOTES = {
     "onnx": "any batch size; the image size is fixed to input.image_size",
     "torchscript": "traced: any batch size at input.image_size. torch.jit is deprecated from "
     "torch 2.10 on (it warns); prefer onnx or safetensors for long-term storage",
+    "hf": "a timm / Hugging Face hub model folder: config.json + model.safetensors + README.md; "
+    "loads with timm.create_model (see how_to_load) or selfsup.load_backbone",
 }
 
 
@@ -96,25 +116,24 @@ class ExportResult:
     max_abs_diff: float | None
 
 
-def export_backbone(
-    run: str | Path,
-    format: str,
-    out: str | Path | None = None,
-    *,
-    which: str | None = None,
-    verify: bool = True,
-    overwrite: bool = False,
-) -> ExportResult:
-    """Export the backbone of ``run`` (a run folder or checkpoint file) as ``format``.
+@dataclass
+class OpenedBackbone:
+    """A run's backbone ready to export: ``backbone`` (fp32, eval mode) and its ``role``
+    (teacher, student or backbone); ``evaluated``: whether it is the network the method
+    evaluates with; ``config``: the run's config as rebuilt (no weights file), ``run_config``:
+    as saved; ``loaded``: the opened run."""
 
-    ``out``: the folder written (default ``<run>/export/<format>``); it must not already
-    hold an export unless ``overwrite``. ``which``: ``"teacher"`` or ``"student"`` for
-    methods with an EMA teacher (DINO, BYOL, MoCo...); default: the one the method evaluates
-    with. ``verify`` loads the written file the way ``preprocessing.json`` says and compares
-    its features ``(B, D)`` with the run's on a random batch ``(3, C, S, S)``.
-    """
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}.")
+    backbone: Backbone
+    role: str
+    evaluated: bool
+    config: Config
+    run_config: Config
+    loaded: LoadedRun
+
+
+def open_backbone(run: str | Path, which: str | None = None) -> OpenedBackbone:
+    """Open the backbone of ``run`` (a run folder or checkpoint file) that an export writes:
+    the one the method evaluates with, or with ``which`` its ``"teacher"`` / ``"student"``."""
     ckfile = ckpt_io.resolve(run)
 
     def without_weights_file(run_cfg: Config) -> Config:
@@ -128,58 +147,102 @@ def export_backbone(
         return replace(run_cfg, backbone=replace(run_cfg.backbone, weights=None))
 
     loaded = load_run(ckfile, adjust=without_weights_file)
-    method, ckpt, cfg = loaded.method, loaded.checkpoint, loaded.config
-    run_cfg = C.from_dict(ckpt["config"])
+    bb, role = _choose(loaded.method, which)
+    evaluated = bb is loaded.method.feature_extractor()
+    run_cfg = C.from_dict(loaded.checkpoint["config"])
+    return OpenedBackbone(bb.float().eval(), role, evaluated, loaded.config, run_cfg, loaded)
+
+
+def export_backbone(
+    run: str | Path,
+    format: str,
+    out: str | Path | None = None,
+    *,
+    which: str | None = None,
+    verify: bool = True,
+    overwrite: bool = False,
+    license: str = "other",
+) -> ExportResult:
+    """Export the backbone of ``run`` (a run folder or checkpoint file) as ``format``.
+
+    ``out``: the folder written (default ``<run>/export/<format>``), or for single-file
+    formats a file name with the format's extension (``SUFFIXES``), ``preprocessing.json``
+    beside it; it must not already hold an export unless ``overwrite``. ``which``:
+    ``"teacher"`` or ``"student"`` for methods with an EMA teacher (DINO, BYOL, MoCo...);
+    default: the one the method evaluates with. ``verify`` loads the written file the way
+    ``preprocessing.json`` says and compares its features ``(B, D)`` with the run's on a
+    random batch ``(3, C, S, S)``. ``license``: the hf model card's and config's license.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}.")
+    opened = open_backbone(run, which)
+    bb, role, cfg, loaded = opened.backbone, opened.role, opened.config, opened.loaded
     size = cfg.data.image_size
     assert size is not None
-    bb, role = _choose(method, which)
-    bb = bb.float().eval()
+    spec = hub.hub_spec(bb) if format == "hf" else None  # refuses what timm cannot build
     family = _family(bb)
     if format in ("torchvision", "timm") and family != format:
         raise ConfigError(
-            f"--format {format} needs a {format} backbone, but {str(ckfile)!r} has "
+            f"--format {format} needs a {format} backbone, but {str(loaded.file)!r} has "
             f"{bb.name} ({family}). Use --format {family}, safetensors, onnx or torchscript."
         )
     if format == "onnx":
         _require("onnx", "onnxscript")
 
-    run_dir = loaded.folder
-    out_dir = Path(out) if out is not None else run_dir / "export" / format
-    _check_out(out_dir, overwrite)
+    out_dir, model_file = _target(out, format, loaded.folder)
+    _check_out(out_dir, model_file, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_file = out_dir / FILES[format]
-
     channels = cfg.backbone.in_chans
-    info = _info(format, bb, role, run_cfg, ckfile, ckpt, size, channels, model_file.name)
-    state = {k: v.detach().clone().contiguous() for k, v in bb.net.state_dict().items()}
-    example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    written = [model_file]
-    if format in ("torchvision", "timm"):
-        torch.save(state, model_file)
-    elif format == "safetensors":
-        from safetensors.torch import save_file
-
-        core = {k: v for k, v in info.items() if k != "how_to_load"}
-        meta = {"format": "pt", "selfsup_version": info["selfsup_version"],
-                "backbone": bb.name, "preprocessing": json.dumps(core)}  # fmt: skip
-        save_file(state, str(model_file), metadata=meta)
-    elif format == "onnx":
-        written = _export_onnx(bb, example, model_file)
+    info = _info(format, bb, role, opened.run_config, loaded.file, loaded.checkpoint, size,
+                 channels, model_file.name)  # fmt: skip
+    info["source"]["evaluated"] = opened.evaluated
+    if spec is not None:
+        info["hf"] = {"architecture": spec.architecture, "model_args": spec.model_args,
+                      "small_stem": spec.small_stem, "license": license}  # fmt: skip
+        written = hub.write_hf(bb, spec, out_dir, info, license)
     else:
-        with torch.no_grad():
-            # torch.jit is deprecated (torch >= 2.10) and untyped; its warnings are shown.
-            traced = torch.jit.trace(bb, (example,))  # type: ignore[no-untyped-call]
-        torch.jit.save(traced, str(model_file))
+        written = _write(format, bb, info, model_file, channels, size)
 
     diff: float | None = None
     if verify:
         diff, note = _check(format, bb, model_file, channels, size)
         info["check"] = {"max_abs_diff": diff, "input": f"seeded random ({CHECK_BATCH}, "
                          f"{channels}, {size}, {size}) float32", "note": note}  # fmt: skip
+    if spec is not None:
+        from selfsup.model_card import write_card
+
+        state = loaded.checkpoint.get("state")
+        written.append(write_card(out_dir, spec, info, opened.run_config, loaded.folder,
+                                  state if isinstance(state, dict) else {}, license))  # fmt: skip
     info["files"] = [p.name for p in written] + [PREPROCESSING]
     meta_file = out_dir / PREPROCESSING
     meta_file.write_text(json.dumps(info, indent=2) + "\n")
     return ExportResult(format, out_dir, [*written, meta_file], info, diff)
+
+
+def _write(
+    fmt: str, bb: Backbone, info: dict[str, Any], model_file: Path, channels: int, size: int
+) -> list[Path]:
+    """Write the model file(s) of a single-file format; returns them."""
+    state = {k: v.detach().clone().contiguous() for k, v in bb.net.state_dict().items()}
+    example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    if fmt in ("torchvision", "timm"):
+        torch.save(state, model_file)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        core = {k: v for k, v in info.items() if k != "how_to_load"}
+        meta = {"format": "pt", "selfsup_version": info["selfsup_version"],
+                "backbone": bb.name, "preprocessing": json.dumps(core)}  # fmt: skip
+        save_file(state, str(model_file), metadata=meta)
+    elif fmt == "onnx":
+        return _export_onnx(bb, example, model_file)
+    else:
+        with torch.no_grad():
+            # torch.jit is deprecated (torch >= 2.10) and untyped; its warnings are shown.
+            traced = torch.jit.trace(bb, (example,))  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(model_file))
+    return [model_file]
 
 
 # ----------------------------------------------------------------------------- choices
@@ -233,13 +296,48 @@ def _require(*modules: str) -> None:
         )
 
 
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two exports in one folder; with ``overwrite``, remove the files the
-    earlier export listed (an ONNX weights side file would otherwise linger)."""
+def _target(out: str | Path | None, fmt: str, run_dir: Path) -> tuple[Path, Path]:
+    """The folder to write and the model file in it: ``--out`` is the model file when it
+    ends in the format's extension (and is no folder already), else the folder."""
+    if out is None:
+        folder = run_dir / "export" / fmt
+        return folder, folder / FILES[fmt]
+    p = Path(out)
+    suffix = "".join(p.suffixes[-1:]).lower()
+    if suffix in SUFFIXES[fmt] and not p.is_dir():
+        return p.parent, p
+    if suffix in {s for fmt_suffixes in SUFFIXES.values() for s in fmt_suffixes}:
+        if fmt == "hf":
+            raise ConfigError(
+                f"--out {str(out)!r}: --format hf writes a folder (config.json, "
+                "model.safetensors, README.md); give a folder, or use --format safetensors "
+                "for a single file."
+            )
+        raise ConfigError(
+            f"--out {str(out)!r} ends in {suffix}, but --format {fmt} writes a "
+            f"{' / '.join(SUFFIXES[fmt])} file: give a folder or a file name ending in "
+            f"{' or '.join(SUFFIXES[fmt])}."
+        )
+    return p, p / FILES[fmt]
+
+
+def _check_out(out_dir: Path, model_file: Path, overwrite: bool) -> None:
+    """Refuse to mix two exports in one folder, or to replace a file; with ``overwrite``,
+    remove the files the earlier export listed (an ONNX weights side file would otherwise
+    linger)."""
     meta = out_dir / PREPROCESSING
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a folder.")
+        ends = " or ".join(s for v in SUFFIXES.values() for s in v if s != ".pth")
+        raise ConfigError(
+            f"--out {str(out_dir)!r} is a file; give a folder (or a new file name ending "
+            f"in the format's extension: {ends})."
+        )
     if not meta.exists():
+        if model_file.exists() and not overwrite:
+            raise ConfigError(
+                f"{str(model_file)!r} already exists. Choose another --out, or pass "
+                "--overwrite to replace it."
+            )
         return
     try:
         old = json.loads(meta.read_text())
@@ -358,6 +456,8 @@ def _how_to_load(fmt: str, bb: Backbone, file: str, channels: int, size: int) ->
     """Runnable lines that load ``file`` (from the export folder) and compute ``features``
     from a normalised float32 batch ``x`` (B, C, S, S)."""
     shape = f"x: (B, {channels}, {size}, {size}) normalised float32 -> (B, {bb.embed_dim})"
+    if fmt == "hf":
+        return hub.how_to_load(hub.hub_spec(bb), shape)
     if fmt == "onnx":
         return ["import numpy as np, onnxruntime as ort",
                 f'session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])',
@@ -432,6 +532,8 @@ def _check(
             sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
             got = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
             how = "onnxruntime (CPU)"
+        elif fmt == "hf":
+            got, how = hub.check_hf(bb, file.parent, x)
         elif fmt == "torchscript":
             loaded = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
             got = loaded.eval()(x)

@@ -11,10 +11,15 @@ EPILOG_EXPORT = """\
 examples:
   selfsup export runs/simclr --format torchvision      # -> runs/simclr/export/torchvision/
   selfsup export runs/dino --format onnx --student --out deploy/dino-student
+  selfsup export runs/dino --format onnx --out deploy/dino.onnx  # that file + preprocessing.json
   selfsup export runs/mae/checkpoints/last.pt --format safetensors --out weights/
+  selfsup export runs/simclr --format hf --out hub/simclr-r18 --license apache-2.0
+      # config.json + model.safetensors + README.md: upload the folder to the Hugging Face
+      # hub, then timm.create_model("hf-hub:<user>/<repo>", pretrained=True) builds it
 
 each export folder holds the model file and preprocessing.json: input size, channels,
 mean/std, resize, architecture and build keywords, embed dim, and Python lines that load it.
+selfsup.load_backbone(PATH) loads a run folder, a checkpoint or an hf export folder back.
 """
 
 
@@ -38,13 +43,17 @@ def add_parser(sub: Subparsers) -> None:
         help="torchvision / timm: a state dict for the stock model (strict=True), only for "
         "backbones of that library; safetensors: the same state dict, loads without running "
         "code; onnx: for onnxruntime, dynamic batch (needs pip install 'selfsup[export]'); "
-        f"torchscript: traced, for torch.jit.load. Files: {files} (required)",
+        "torchscript: traced, for torch.jit.load; hf: a timm / Hugging Face hub folder "
+        "(config.json, model.safetensors, model card README.md) that timm.create_model loads "
+        f"by name, for ResNets and timm backbones. Files: {files} (required)",
     )
     ex.add_argument(
         "--out",
         default=None,
-        metavar="DIR",
-        help="folder to write (default: RUN/export/FORMAT)",
+        metavar="PATH",
+        help="folder to write (default: RUN/export/FORMAT); a name ending in the format's "
+        "extension (.onnx, .safetensors, .pt or .pth) is written as that file, with "
+        "preprocessing.json beside it. --format hf always writes a folder",
     )
     who = ex.add_mutually_exclusive_group()
     who.add_argument(
@@ -77,6 +86,12 @@ def add_parser(sub: Subparsers) -> None:
         "(default: verify)",
     )
     ex.add_argument(
+        "--license",
+        default="other",
+        help="--format hf: the license in the model card and config.json; use the one your "
+        "data and code allow, e.g. apache-2.0, cc-by-nc-4.0 (default: other)",
+    )
+    ex.add_argument(
         "--json", action="store_true", help="print preprocessing.json on stdout (default: false)"
     )
 
@@ -85,7 +100,7 @@ def run_export(a: argparse.Namespace) -> int:
     from selfsup.export import export_backbone
 
     res = export_backbone(a.run, a.format, a.out, which=a.which, verify=not a.no_verify,
-                          overwrite=a.overwrite)  # fmt: skip
+                          overwrite=a.overwrite, license=a.license)  # fmt: skip
     if a.json:
         print(json.dumps(res.info))
         return 0
@@ -100,4 +115,7 @@ def run_export(a: argparse.Namespace) -> int:
         print(f"check: max |exported - run| = {check['max_abs_diff']:.2g} ({check['note']})")
     elif check:
         print(f"check: {check['note']}")
+    if res.format == "hf":
+        print(f"load: selfsup.load_backbone({str(res.out_dir)!r}), or with timm alone as "
+              f"{res.out_dir / 'README.md'} shows")  # fmt: skip
     return 0
