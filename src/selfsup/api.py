@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -226,8 +227,13 @@ def pretrain(
     distributed.setup()  # joins the process group under torchrun; no-op otherwise
     state: dict[str, Any] | None = None
     if resume is not None:
-        state = ckpt_io.load(resume)
+        state, source = ckpt_io.load_with_source(resume)
         out = Path(resume) if Path(resume).is_dir() else ckpt_io.resolve(resume).parent.parent
+        if source.name == ckpt_io.PREVIOUS and dist.is_main():
+            # Set the damaged last.pt aside: the next save would rotate it into previous.pt,
+            # over the good checkpoint this run continues from.
+            damaged = source.with_name(ckpt_io.LAST)
+            os.replace(damaged, damaged.with_name(ckpt_io.LAST + ".damaged"))
         if method is not None and method != state["config"]["method"]["name"]:
             raise ConfigError(
                 f"--resume {resume} is a {state['config']['method']['name']} run; "

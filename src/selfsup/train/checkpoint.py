@@ -7,8 +7,11 @@ fsync, rename); the one it replaces is kept as ``previous.pt``.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,10 @@ FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found or read, explained for the user."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (a full disk, say); the one before is intact."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -59,15 +66,25 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: dict[str, Any], path: Path, keep_previous: bool = True) -> None:
-    """Write ``obj`` to ``path`` so that a crash at any moment leaves a readable file."""
+def save_atomic(obj: dict[str, Any], path: Path, keep_previous: bool = True,
+                last_step: int | None = None) -> None:  # fmt: skip
+    """Write ``obj`` to ``path`` so that a crash at any moment leaves a readable file.
+
+    A failed write (a full disk, a quota, a read-only mount) leaves ``path`` as it was and
+    raises :class:`CheckpointWriteError` saying what happened, what was needed and free, and
+    how to resume; ``last_step`` is the step ``path`` already holds, for that message."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:
+            # torch's zip writer reports a full disk as "RuntimeError: [enforce fail at
+            # inline_container.cc] unexpected pos ...": turn any failed write into words.
+            raise _write_error(err, path, obj, last_step) from None
         if keep_previous and path.exists():
             os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
@@ -79,6 +96,47 @@ def save_atomic(obj: dict[str, Any], path: Path, keep_previous: bool = True) -> 
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 1024:,.0f} KiB"
+
+
+def _write_error(err: BaseException, path: Path, obj: dict[str, Any],
+                 last_step: int | None) -> CheckpointWriteError:  # fmt: skip
+    needed = _tensor_bytes(obj)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        free is not None and free < needed
+    )
+    what = (f"no space left on the disk of {str(path.parent)!r}" if full
+            else f"could not write {str(path)!r} ({type(err).__name__}: {err})")  # fmt: skip
+    room = f"; the checkpoint needs about {_mb(needed)}" + (
+        f" and {_mb(free)} are free" if free is not None else ""
+    )
+    run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+    if path.exists():
+        step = f" (step {last_step})" if last_step is not None else ""
+        kept = f"The last good checkpoint, {str(path)!r}{step}, is untouched."
+        how = (f" Free some space (or copy the run folder to a disk that has it), then "
+               f"continue with: selfsup pretrain --resume {run}")  # fmt: skip
+    else:
+        kept = "No checkpoint of this run was saved before this one."
+        how = " Free some space (or choose another --out) and start again."
+    return CheckpointWriteError(f"{what}{room}. {kept}{how}")
 
 
 def resolve(path: str | Path) -> Path:
@@ -96,8 +154,37 @@ def resolve(path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint (a run folder or a file) on the CPU, never executing code."""
+    """Load a checkpoint (a run folder or a file) on the CPU, never executing code. A damaged
+    ``last.pt`` falls back to the ``previous.pt`` beside it, with a warning."""
+    return load_with_source(path)[0]
+
+
+def load_with_source(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """:func:`load`, and the file actually read (``previous.pt`` when ``last.pt`` is
+    damaged: a truncated copy, a disk that filled up in an older version)."""
     file = resolve(path)
+    try:
+        return _read(file), file
+    except CheckpointError as err:
+        prev = file.with_name(PREVIOUS)
+        if file.name != LAST or not prev.is_file():
+            raise
+        first = err
+    try:
+        ckpt = _read(prev)
+    except CheckpointError:
+        raise first from None
+    step = ckpt.get("state", {}).get("step")
+    reason = str(first).split(": ", 1)[-1].split(". If the run")[0][:200]
+    warnings.warn(
+        f"{str(file)!r} cannot be read ({reason}); using "
+        f"{PREVIOUS} beside it instead, from step {step}.",
+        stacklevel=2,
+    )
+    return ckpt, prev
+
+
+def _read(file: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -167,6 +167,8 @@ class _Run:
         self.out = out = trainer.out_dir if self.main else None
         self.logger: MetricsLogger | None = None
         self.trackers: list[Tracker] = []
+        # The step the run's checkpoint holds (for the message when a save fails).
+        self.saved_step: int | None = state.step if resumed else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(to_yaml(cfg))
@@ -277,7 +279,9 @@ class _Run:
             self.cfg, self.method, s.optimizer, s.scaler, asdict(self.state), rng_ranks,
             s.probe.full_state() if s.probe is not None else None,
         )  # fmt: skip
-        ckpt_io.save_atomic(obj, self.out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST)
+        ckpt_io.save_atomic(obj, self.out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST,
+                            last_step=self.saved_step)  # fmt: skip
+        self.saved_step = self.state.step
 
     def run_monitor(self) -> None:
         if self.monitor is None or not self.main:
