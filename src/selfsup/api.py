@@ -33,6 +33,7 @@ from selfsup.data import (
     stratified_split,
     subset,
 )
+from selfsup.data.shards import ShardSource, is_shard_spec, open_shards
 from selfsup.eval import extract_features, knn_classify, linear_probe
 from selfsup.eval.knn import KNNResult
 from selfsup.eval.linear import DEFAULT_LRS, DEFAULT_WDS, LinearResult
@@ -192,6 +193,16 @@ def _monitor(cfg: Config, source: ImageSource) -> tuple[ImageSource, KNNMonitor 
     return train, KNNMonitor(bank, queries, m, batch_size=256, num_workers=cfg.data.num_workers)
 
 
+def _open_shards(cfg: Config) -> ShardSource:
+    assert cfg.data.path is not None
+    if cfg.data.limit is not None:
+        raise ConfigError(
+            "data.limit takes a subset of a folder; with shards, name fewer shards in the "
+            "pattern instead (e.g. shard-{000000..000009}.tar)."
+        )
+    return open_shards(cfg.data.path, cfg.data.max_pixels)
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -275,12 +286,20 @@ def pretrain(
         raise ConfigError(
             "no data: pass --data (a folder of images or a named set such as cifar10)."
         )
-    opened = open_source(cfg.data.path, split="train", root=cfg.data.root,
-                         download=cfg.data.download, max_pixels=cfg.data.max_pixels,
-                         video_gap=cfg.data.video_gap)  # fmt: skip
-    source = subset(opened, cfg.data.limit, cfg.train.seed)
-    cfg = _resolve(cfg, source)
-    train_source, monitor = _monitor(cfg, source)
+    train_source: ImageSource
+    path = cfg.data.path
+    if is_shard_spec(path):
+        # Streamed: the image size and statistics come from the first images; no kNN
+        # monitor (its labelled bank needs random access).
+        train_source, monitor = _open_shards(cfg), None
+        cfg = _resolve(cfg, train_source.preview())
+    else:
+        opened = open_source(path, split="train", root=cfg.data.root,
+                             download=cfg.data.download, max_pixels=cfg.data.max_pixels,
+                             video_gap=cfg.data.video_gap)  # fmt: skip
+        picked = subset(opened, cfg.data.limit, cfg.train.seed)
+        cfg = _resolve(cfg, picked)
+        train_source, monitor = _monitor(cfg, picked)
     model = build_method(cfg)
     trainer = Trainer(cfg, out, progress=progress)
     return trainer.fit(

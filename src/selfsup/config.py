@@ -111,6 +111,10 @@ class DataConfig:
     # Worth it when decoding is slow (large JPEGs) and the raw pixels fit on disk; a new
     # cache is built when the data or the setting changes. Unset: decode every time.
     cache: str | None = None
+    # Sharded data (--data 'shards/shard-{000000..000123}.tar'): samples each data worker
+    # mixes in memory (raw bytes). Larger mixes better across shard boundaries, at the cost
+    # of memory and start-up time; the epoch's shard order is reshuffled anyway.
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -167,6 +171,15 @@ class TrainConfig:
     # of a batch (in-batch negatives, BatchNorm) unless force_accumulate is true.
     accumulate: int = 1
     force_accumulate: bool = False
+    # How several processes share the model. ddp: each rank holds all of it (fastest while
+    # it fits). fsdp: parameters, gradients and optimiser state sharded over the ranks (FSDP2,
+    # one unit per transformer block; about 1/world of the memory each, for ViTs too large to
+    # replicate), checkpoints as a sharded folder (checkpoints/last.dcp) that any number of
+    # ranks can resume. bf16 or fp32 only. See docs/scale.md.
+    strategy: str = "ddp"
+    # Recompute each transformer block in the backward pass instead of keeping its
+    # activations: about a third more compute for the activation memory of one block.
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -448,6 +461,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.precision must be one of auto, bf16, fp16, fp32; got {t.precision!r}."
         )
+    if t.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.strategy must be ddp or fsdp, got {t.strategy!r}.")
+    if t.strategy == "fsdp" and t.precision == "fp16":
+        raise ConfigError(
+            "train.strategy=fsdp does not run fp16 (its gradient scaler does not shard): "
+            "set train.precision=bf16 (or fp32)."
+        )
     if o.name not in ("sgd", "lars", "adamw"):
         raise ConfigError(f"optim.name must be one of sgd, lars, adamw; got {o.name!r}.")
     if o.lr_scaling not in ("linear", "sqrt", "none"):
@@ -468,6 +488,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
     if d.video_gap < 0:
         raise ConfigError(f"data.video_gap must be >= 0, got {d.video_gap}.")
+    if d.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer must be at least 1, got {d.shuffle_buffer}.")
     if d.repeat < 1:
         raise ConfigError(f"data.repeat must be at least 1, got {d.repeat}.")
     if any(s <= 0 for s in d.std):

@@ -13,7 +13,7 @@ from selfsup.cli.common import Formatter, Subparsers, print_table
 def add_parser(sub: Subparsers) -> None:
     da = sub.add_parser(
         "data",
-        help="inspect data: data check PATH",
+        help="inspect data: data check PATH, data shard DIR --out SHARDS",
         formatter_class=Formatter,
         description="Tools for image folders.",
     )
@@ -33,7 +33,8 @@ def add_parser(sub: Subparsers) -> None:
         "of splits. Then the check pairs images with masks, compares sizes from file headers, "
         "and reports the class balance; it exits with 1 when it finds problems.",
     )  # fmt: skip
-    dc.add_argument("path", help="folder of images (any depth), or a dense-task folder")
+    dc.add_argument("path", help="folder of images (any depth), a dense-task folder, or shards "
+                    "(a folder or pattern written by selfsup data shard: counts from its index)")  # fmt: skip
     dc.add_argument(
         "--channels",
         type=int,
@@ -59,6 +60,25 @@ def add_parser(sub: Subparsers) -> None:
         help="dense folders: masks decoded for the class histogram, spread over each split "
         "(default: 200; sizes and pairing are checked for every file)",
     )
+    _add_shard(das)
+
+
+def _add_shard(das: Any) -> None:
+    ds = das.add_parser(
+        "shard", formatter_class=Formatter, help="write a folder into WebDataset tar shards",
+        description="Write every image under DIR into WebDataset tar shards (the image bytes "
+        "as they are, the label of class sub-folders as 'cls', the file's path as 'path'), "
+        "and index.json with each shard's sample count. Train from them with --data "
+        "'OUT/shard-{000000..000123}.tar' (or --data OUT, or URLs and pipe: commands as "
+        "WebDataset accepts them, with index.json beside the shards). See docs/scale.md.",
+    )  # fmt: skip
+    ds.add_argument("path", metavar="DIR", help="folder of images (any depth)")
+    ds.add_argument("--out", required=True, help="folder for the shards (new or empty)")
+    ds.add_argument(
+        "--shard-size", default="500MB",
+        help="bytes per shard (default: 500MB). Large shards read fast from object storage; "
+        "have many more shards than processes x loader workers (each reads its own).",
+    )  # fmt: skip
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -138,8 +158,14 @@ def run_data(a: argparse.Namespace) -> int:
     from selfsup.config import ConfigError
     from selfsup.data.check import check_folder, save_report
 
+    if a.data_command == "shard":
+        return run_shard(a)
     if a.data_command != "check":
-        raise ConfigError("choose an action: selfsup data check PATH")
+        raise ConfigError("choose an action: selfsup data check PATH, selfsup data shard DIR")
+    from selfsup.data.shards import is_shard_spec
+
+    if is_shard_spec(a.path):
+        return run_shard_check(a)
     from selfsup.data.check_dense import dense_layout
 
     if dense_layout(a.path) is not None:
@@ -264,3 +290,38 @@ def run_dense_check(a: argparse.Namespace) -> int:
     if a.out:
         print(f"report: {a.out}")
     return 1 if report["problems"] else 0
+
+
+def run_shard(a: argparse.Namespace) -> int:
+    """``data shard``: a folder into WebDataset shards."""
+    from selfsup.data.shards import parse_size, write_shards
+
+    index = write_shards(a.path, a.out, parse_size(a.shard_size))
+    shards = index["shards"]
+    size = sum(s["bytes"] for s in shards)
+    print(f"{index['samples']} images in {len(shards)} shards ({size / 1e6:.1f} MB) in {a.out}"
+          + (f", {len(index['classes'])} classes" if index["labelled"] else ", unlabelled"))  # fmt: skip
+    last = shards[-1]["name"].removesuffix(".tar").removeprefix("shard-")
+    print(f"train with: --data '{a.out.rstrip('/')}/shard-{{000000..{last}}}.tar'")
+    return 0
+
+
+def run_shard_check(a: argparse.Namespace) -> int:
+    """``data check`` of shards: counts from the index (the shards are not read)."""
+    from selfsup.data.shards import open_shards
+
+    src = open_shards(a.path)
+    counts = src.counts
+    report = {"path": a.path, "shards": len(counts), "samples": sum(counts),
+              "classes": src.classes, "min_per_shard": min(counts),
+              "max_per_shard": max(counts)}  # fmt: skip
+    if a.json:
+        print(json.dumps(report))
+        return 0
+    print_table(f"data check: {a.path}", [
+        ("layout", "WebDataset shards"), ("shards", str(len(counts))),
+        ("samples", str(sum(counts))),
+        ("samples per shard (min / max)", f"{min(counts)} / {max(counts)}"),
+        ("classes", str(len(src.classes)) if src.classes else "none"),
+    ])  # fmt: skip
+    return 0

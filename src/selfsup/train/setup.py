@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -25,11 +27,12 @@ from selfsup.data import (
     loader_kwargs,
 )
 from selfsup.data.cache import open_cache
+from selfsup.data.shards import ShardLoader, ShardSource, ShardStream
 from selfsup.methods.base import Method
 from selfsup.modules.sync_batchnorm import convert_sync_batchnorm
 from selfsup.runtime import resolve_device, resolve_precision
 from selfsup.train import checkpoint as ckpt_io
-from selfsup.train import distributed
+from selfsup.train import distributed, fsdp
 from selfsup.train.budget import augment_on_device, budget
 from selfsup.train.monitors import FirstCall, OnlineProbe
 from selfsup.train.optim import build_optimizer, scaled_lr
@@ -51,7 +54,7 @@ class Setup:
     global_batch: int
     step_batch: int
     source: ImageSource
-    dataset: ImageDataset | ViewDataset
+    dataset: ImageDataset | ViewDataset | ShardStream
     batched: BatchedViews | None
     workers: int
     steps_per_epoch: int
@@ -65,6 +68,8 @@ class Setup:
     features_hook: FirstCall | None
     probe: OnlineProbe | None
     channels_last: bool
+    # The FSDP root (train.strategy=fsdp on several ranks): its forward is the training step.
+    sharded: nn.Module | None = None
 
     @property
     def on_device(self) -> bool:
@@ -102,7 +107,7 @@ def _check_batch(cfg: Config, method: Method, n: int, step_batch: int) -> None:
 
 def _data(
     cfg: Config, method: Method, source: ImageSource, device: torch.device, progress: bool
-) -> tuple[ImageSource, ImageDataset | ViewDataset, BatchedViews | None, int]:
+) -> tuple[ImageSource, ImageDataset | ViewDataset | ShardStream, BatchedViews | None, int]:
     """The (possibly cached) source, its dataset, the batched augmentation when views are
     made on the device, and the number of loader workers."""
     assert cfg.data.image_size is not None
@@ -122,6 +127,10 @@ def _data(
     on_device = not video and augment_on_device(cfg.data.augment, device, transform.specs)
     workers = default_workers(cfg.data.num_workers)
     cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0
+    if isinstance(source, ShardSource):
+        stream = _shard_stream(cfg, source, None if on_device else transform, cap)
+        batched = BatchedViews(transform.specs) if on_device and transform.specs else None
+        return source, stream, batched, workers
     if cfg.data.cache:
         # The first process of each machine builds the cache (the folder may be local
         # or shared) while the others wait for it on the file system.
@@ -137,6 +146,18 @@ def _data(
             workers,
         )
     return source, ViewDataset(source, transform, channels, cfg.data.bad_files), None, workers
+
+
+def _shard_stream(cfg: Config, source: ShardSource, transform: Any, cap: int) -> ShardStream:
+    """The stream of ``source``'s shards for this rank (see :mod:`selfsup.data.shards`)."""
+    if cfg.data.cache:
+        raise ConfigError("shards are streamed, not cached: set data.cache to null.")
+    t, world = cfg.train, dist.world_size()
+    return ShardStream(
+        source, t.batch_size, t.batch_size * world * t.accumulate, t.seed, dist.rank(), world,
+        t.drop_last, cfg.data.repeat, cfg.backbone.in_chans, cfg.data.bad_files, cap, transform,
+        cfg.data.shuffle_buffer,
+    )  # fmt: skip
 
 
 def prepare(cfg: Config, method: Method, source: ImageSource, progress: bool) -> Setup:
@@ -167,11 +188,18 @@ def prepare(cfg: Config, method: Method, source: ImageSource, progress: bool) ->
     steps_per_epoch = sizing.epoch_length() // step_batch
     total_steps, max_time = budget(t, steps_per_epoch)
     base_lr = scaled_lr(cfg.optim, step_batch)
+    if t.activation_checkpointing:
+        fsdp.checkpoint_activations(method.trainable_modules())
+    # Before the optimiser: sharding replaces the parameters with their shards.
+    sharded = fsdp.shard(method, device, precision) if t.strategy == "fsdp" and world > 1 else None
     optimizer = build_optimizer(method.trainable_modules(), cfg.optim, base_lr)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if t.compile:
         method.compile()
-    ddp = distributed.wrap(method, device) if world > 1 else None
+    ddp = distributed.wrap(method, device) if world > 1 and sharded is None else None
+    step_fn: Callable[..., Any] = (
+        ddp if ddp is not None else sharded if sharded is not None else method.training_step
+    )
     hook = FirstCall(method.backbone) if (cfg.monitor.probe or cfg.monitor.collapse) else None
     probe: OnlineProbe | None = None
     if cfg.monitor.probe and source.labels is not None and max(source.labels) >= 0:
@@ -182,15 +210,28 @@ def prepare(cfg: Config, method: Method, source: ImageSource, progress: bool) ->
         source=source, dataset=dataset, batched=batched, workers=workers,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, max_time=max_time,
         base_lr=base_lr, optimizer=optimizer, scaler=scaler, ddp=ddp,
-        step_fn=ddp if ddp is not None else method.training_step, features_hook=hook,
-        probe=probe, channels_last=t.channels_last,
+        step_fn=step_fn, features_hook=hook, probe=probe, channels_last=t.channels_last,
+        sharded=sharded,
     )  # fmt: skip
 
 
-def restore(s: Setup, method: Method, resume: dict[str, Any]) -> TrainState:
-    """Load a checkpoint's weights, optimiser, random state and probe; its TrainState."""
-    method.load_state_dict(resume["method"])
-    s.optimizer.load_state_dict(resume["optimizer"])
+def restore(
+    s: Setup, method: Method, resume: dict[str, Any], ckpt_dir: Path | None = None
+) -> TrainState:
+    """Load a checkpoint's weights, optimiser, random state and probe; its TrainState.
+    ``ckpt_dir``: where the ``.dcp`` folders of a run saved with train.strategy=fsdp are."""
+    if resume.get("sharded") is not None:  # any strategy and world size can read it
+        if ckpt_dir is None:
+            raise ckpt_io.CheckpointError("a sharded (fsdp) checkpoint needs its run folder")
+        fsdp.load(ckpt_dir, method, s.optimizer, resume["sharded"]["step"])
+    elif s.sharded is not None:
+        raise ckpt_io.CheckpointError(
+            "this run was saved with train.strategy=ddp (one file of full tensors); resume "
+            "it with train.strategy=ddp, or start a new run with fsdp from its weights."
+        )
+    else:
+        method.load_state_dict(resume["method"])
+        s.optimizer.load_state_dict(resume["optimizer"])
     if s.scaler is not None and resume.get("scaler"):
         s.scaler.load_state_dict(resume["scaler"])
     state = TrainState(**resume["state"])
@@ -205,9 +246,17 @@ def restore(s: Setup, method: Method, resume: dict[str, Any]) -> TrainState:
     return state
 
 
-def loader(s: Setup, cfg: Config, state: TrainState) -> tuple[EpochSampler, DataLoader[Any]]:
+def loader(
+    s: Setup, cfg: Config, state: TrainState
+) -> tuple[EpochSampler | ShardLoader, DataLoader[Any] | ShardLoader]:
     """This rank's sampler (starting where ``state`` stands) and the data loader over it."""
     t = cfg.train
+    if isinstance(s.dataset, ShardStream):  # one object: a stream is its own sampler
+        state.data_layout = s.dataset.check_layout(state.data_layout, state.epoch_pos, s.workers)
+        shards = ShardLoader(s.dataset, t.batch_size, s.workers,
+                             collate_canvas if s.on_device else collate_views,
+                             s.device.type == "cuda")  # fmt: skip
+        return shards, shards
     sampler = EpochSampler(
         len(s.source), s.step_batch, t.seed, state.epoch, start=state.epoch_pos,
         rank=s.rank, world=s.world, drop_last=t.drop_last, repeat=cfg.data.repeat,

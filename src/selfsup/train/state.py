@@ -27,6 +27,9 @@ class TrainState:
     elapsed: float = 0.0
     skipped_steps: int = 0
     finished: bool = False
+    # Sharded data: (processes, loader workers, batch) that dealt the shards, so a resume
+    # can tell whether it continues the epoch exactly (see selfsup.data.shards).
+    data_layout: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from selfsup.data import ImageSource
 from selfsup.methods.base import Method, StepInfo
 from selfsup.runtime import peak_memory_mb
 from selfsup.train import checkpoint as ckpt_io
-from selfsup.train import distributed
+from selfsup.train import distributed, fsdp
 from selfsup.train.budget import augment_on_device, budget, fraction_done
 from selfsup.train.logger import MetricsLogger
 from selfsup.train.monitors import KNNMonitor
@@ -81,7 +81,8 @@ class Trainer:
         were interrupted there: the checkpoint lets a later ``fit`` continue exactly).
         """
         s = prepare(self.cfg, method, source, self.progress)
-        state = restore(s, method, resume) if resume is not None else TrainState()
+        ckpts = self.out_dir / ckpt_io.CHECKPOINT_DIR if self.out_dir is not None else None
+        state = restore(s, method, resume, ckpts) if resume is not None else TrainState()
         if resume is not None and fraction_done(state.step, state.elapsed, s.total_steps,
                                                 s.max_time) >= 1:  # fmt: skip
             # Nothing to train: leave the run folder (summary, curves, trackers) as it was.
@@ -165,6 +166,9 @@ class _Run:
         self.method, self.s, self.state, self.monitor = method, s, state, monitor
         self.main = dist.is_main()
         self.out = out = trainer.out_dir if self.main else None
+        # Every rank writes its shards of a sharded (fsdp) checkpoint.
+        self.ckpt_dir = (trainer.out_dir / ckpt_io.CHECKPOINT_DIR
+                         if trainer.out_dir is not None else None)  # fmt: skip
         self.logger: MetricsLogger | None = None
         self.trackers: list[Tracker] = []
         # The step the run's checkpoint holds (for the message when a save fails).
@@ -178,7 +182,9 @@ class _Run:
                 tensorboard=trainer.tensorboard and "tensorboard" in cfg.logging.backends,
                 trackers=self.trackers,
             )  # fmt: skip
-        self.pictures = Pictures(method, s.source, cfg, out, s.device, s.precision)
+        # Sharded, a model runs on all ranks together: pictures (rank 0 alone) are not drawn.
+        self.pictures = Pictures(method, s.source, cfg, out if s.sharded is None else None,
+                                 s.device, s.precision)  # fmt: skip
         self.monitor_results: dict[str, float] = {}
         self.stopped_by = "budget"
         self.last_loss: float | None = None
@@ -273,24 +279,33 @@ class _Run:
         # random states of all ranks can be gathered into rank 0's checkpoint.
         s = self.s
         rng_ranks = distributed.gather_objects(ckpt_io.capture_rng()) if s.world > 1 else None
+        full = None
+        if self.cfg.train.strategy == "fsdp" and self.ckpt_dir is not None:
+            full = fsdp.save(self.ckpt_dir, self.method, s.optimizer, self.state.step)
         if self.out is None:
             return
         obj = ckpt_io.training_checkpoint(
             self.cfg, self.method, s.optimizer, s.scaler, asdict(self.state), rng_ranks,
             s.probe.full_state() if s.probe is not None else None,
         )  # fmt: skip
+        if full is not None:  # the sharded tensors in obj are replaced, not copied
+            obj |= fsdp.sharded_fields(full, self.state.step)
         ckpt_io.save_atomic(obj, self.out / ckpt_io.CHECKPOINT_DIR / ckpt_io.LAST,
                             last_step=self.saved_step)  # fmt: skip
         self.saved_step = self.state.step
 
     def run_monitor(self) -> None:
-        if self.monitor is None or not self.main:
+        # Sharded, every rank runs the monitor (the model runs on all ranks together).
+        if self.monitor is None or not (self.main or self.s.sharded is not None):
             return
         s, d, state = self.s, self.cfg.data, self.state
-        res = self.monitor(
-            self.method.feature_extractor(), s.image_size, d.mean, d.std,
-            self.cfg.backbone.in_chans, s.device, s.precision, s.channels_last,
-        )  # fmt: skip
+        with fsdp.gathered(s.sharded):
+            res = self.monitor(
+                self.method.feature_extractor(), s.image_size, d.mean, d.std,
+                self.cfg.backbone.in_chans, s.device, s.precision, s.channels_last,
+            )  # fmt: skip
+        if not self.main:
+            return
         self.monitor_results.update(res)
         msg = f"epoch {state.epoch} step {state.step}: kNN top-1 {res['knn_top1']:.2f}%"
         tqdm.write(msg + f" (top-5 {res['knn_top5']:.2f}%)")

@@ -1,0 +1,156 @@
+"""Images/s of the training data path from WebDataset shards against the same images as a
+folder, in one command: on CIFAR-10 (../shared/datasets/cifar10/train) and on generated
+larger JPEGs; with the peak memory of each, at two data sizes (memory stays flat).
+
+Each measurement runs in its own process: the loader of a training run with on-device
+augmentation (decode, shrink to ``--cap`` short side, batch onto a canvas) over ``--workers``
+workers, for ``--seconds`` or one epoch. Peak RSS is that of the process and its workers.
+
+    python benchmarks/shards.py                                    # the full benchmark
+    python benchmarks/shards.py --limit 2000 --big 200 --seconds 20  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
+
+
+def link_subset(src: Path, dest: Path, limit: int) -> Path:
+    """``dest`` with links to the first ``limit`` images of ``src`` spread over its classes."""
+    classes = sorted(p for p in src.iterdir() if p.is_dir())
+    per = -(-limit // len(classes))
+    for c in classes:
+        (dest / c.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(c.iterdir())[:per]:
+            (dest / c.name / f.name).symlink_to(f.resolve())
+    return dest
+
+
+def make_jpegs(dest: Path, n: int, side: int, seed: int = 0) -> Path:
+    """``n`` photo-like JPEGs (smooth colour fields with texture) of about ``side`` px."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0 : side * 4 // 3].astype(np.float32) / side
+    for i in range(n):
+        d = dest / f"class{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        a, b, c = rng.uniform(0, 6, 3)
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * xx * yy)], -1)
+        noise = rng.normal(0, 0.15, base.shape)
+        img = ((base + noise) * 0.5 + 0.5).clip(0, 1) * 255
+        Image.fromarray(img.astype(np.uint8)).save(d / f"{i:06d}.jpg", quality=90)
+    return dest
+
+
+def measure(kind: str, data: str, workers: int, batch: int, cap: int, seconds: float) -> dict:
+    """Images/s of one loader (``kind`` folder or shards) over ``data``; peak RSS in MB."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from selfsup.data import EpochSampler, ImageDataset, collate_canvas, loader_kwargs, scan_folder
+    from selfsup.data.shards import ShardLoader, ShardStream, open_shards
+
+    torch.set_num_threads(1)
+    if kind == "folder":
+        src = scan_folder(data)
+        sampler = EpochSampler(len(src), batch, 0, 0)
+        it = DataLoader(ImageDataset(src, cap=cap), batch_size=batch, sampler=sampler,
+                        collate_fn=collate_canvas, **loader_kwargs(workers))  # fmt: skip
+        n = len(src)
+    else:
+        shards = open_shards(data)
+        stream = ShardStream(shards, batch, batch, seed=0, cap=cap)
+        it = ShardLoader(stream, batch, workers, collate_canvas, False)  # type: ignore[assignment]
+        n = len(shards)
+    images, t0, first = 0, time.perf_counter(), None
+    for canvas, *_ in it:
+        images += canvas.shape[0]
+        if first is None:  # worker start-up is not throughput
+            first, images = time.perf_counter(), 0
+        if time.perf_counter() - t0 > seconds:
+            break
+    dt = time.perf_counter() - (first or t0)
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # fmt: skip
+    return {"images_per_s": images / max(dt, 1e-9), "peak_rss_mb": rss / 1024, "n": n}
+
+
+def run(kind: str, data: Path, a: argparse.Namespace) -> dict:
+    args = [sys.executable, __file__, "--measure", kind, str(data), "--workers", str(a.workers),
+            "--batch", str(a.batch), "--cap", str(a.cap), "--seconds", str(a.seconds)]  # fmt: skip
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(name: str, folder: Path, tmp: Path, a: argparse.Namespace) -> None:
+    from selfsup.data.shards import write_shards
+
+    t0 = time.perf_counter()
+    index = write_shards(folder, tmp / f"{name}-shards", a.shard_size, progress=False)
+    took = time.perf_counter() - t0
+    f = run("folder", folder, a)
+    s = run("shards", tmp / f"{name}-shards", a)
+    print(f"{name}: {index['samples']} images, {len(index['shards'])} shards "
+          f"(written in {took:.1f}s)")  # fmt: skip
+    print(f"  folder  {f['images_per_s']:9.1f} img/s   peak RSS {f['peak_rss_mb']:7.1f} MB")
+    print(f"  shards  {s['images_per_s']:9.1f} img/s   peak RSS {s['peak_rss_mb']:7.1f} MB")
+    print(f"  ratio shards/folder: {s['images_per_s'] / f['images_per_s']:.2f}x speed, "
+          f"{s['peak_rss_mb'] / f['peak_rss_mb']:.2f}x memory")  # fmt: skip
+
+
+def flat_memory(folder: Path, tmp: Path, a: argparse.Namespace) -> None:
+    """Peak RSS of the shard reader on a quarter of the data and on all of it."""
+    from selfsup.data.shards import write_shards
+
+    files = sorted(p for p in folder.rglob("*.jpg"))
+    quarter = tmp / "quarter"
+    for p in files[: max(1, len(files) // 4)]:
+        (quarter / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (quarter / p.parent.name / p.name).symlink_to(p.resolve())
+    write_shards(quarter, tmp / "quarter-shards", a.shard_size, progress=False)
+    small = run("shards", tmp / "quarter-shards", a)["peak_rss_mb"]
+    full = run("shards", tmp / "big-shards", a)["peak_rss_mb"]
+    print(f"memory: shards peak RSS {small:.1f} MB on {len(files) // 4} images, "
+          f"{full:.1f} MB on {len(files)} ({full / small:.2f}x for 4x the data)")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cifar", default=str(CIFAR), help="CIFAR-10 train folder")
+    p.add_argument("--limit", type=int, default=50_000, help="CIFAR images used")
+    p.add_argument("--big", type=int, default=5_000, help="generated JPEGs")
+    p.add_argument("--big-side", type=int, default=480, help="their short side in px")
+    p.add_argument("--cap", type=int, default=256, help="decoded images shrunk to this side")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=60, help="per measurement (or one epoch)")
+    p.add_argument("--shard-size", type=int, default=100_000_000, help="bytes per shard")
+    p.add_argument("--measure", nargs=2, metavar=("KIND", "DATA"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.measure:
+        print(json.dumps(measure(*a.measure, a.workers, a.batch, a.cap, a.seconds)))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        compare("cifar10", link_subset(Path(a.cifar), tmp / "cifar", a.limit), tmp, a)
+        big = make_jpegs(tmp / "big", a.big, a.big_side)
+        compare("big", big, tmp, a)
+        flat_memory(big, tmp, a)
+
+
+if __name__ == "__main__":
+    main()
