@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10" / "train"
+# The shared data sets: $SELFSUP_DATASETS (as the tests use it), else ../shared/datasets.
+DATASETS = Path(os.environ.get("SELFSUP_DATASETS") or ROOT.parent / "shared" / "datasets")
+CIFAR = DATASETS / "cifar10" / "train"
 
 
 def link_subset(src: Path, dest: Path, limit: int) -> Path:
