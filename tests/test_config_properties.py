@@ -46,19 +46,19 @@ def _check(pairs: list[tuple[str, str]]) -> None:
         C.validate(cfg)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(keys, values), min_size=1, max_size=1))
 def test_single_override_never_crashes(pairs: list[tuple[str, str]]) -> None:
     _check(pairs)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(keys, values), min_size=2, max_size=4))
 def test_several_overrides_never_crash(pairs: list[tuple[str, str]]) -> None:
     _check(pairs)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.sampled_from(["method", "train", "optim", "data", "nope", "backbone"]),
                        st.one_of(st.dictionaries(IDENT, st.integers()), st.integers(), st.text(max_size=5)),
                        max_size=3))  # fmt: skip

@@ -180,6 +180,8 @@ def test_evaluation_records_kept_in_the_run_and_shown_in_the_report(tmp_path: Pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("method:\n  name: simclr\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # a run folder is found by its file
     assert record_evaluation(tmp_path / "elsewhere", "knn", {"top1": 1.0}, {}) is None
     options = {"train": str(tmp_path), "test": "missing/dir", "k": 20, "json": True,
                "handler": print}  # fmt: skip
