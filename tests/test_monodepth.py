@@ -162,6 +162,25 @@ def test_disp_decoder_scales_and_pose_net() -> None:
     assert rot.shape == trans.shape == (2, 3) and float(rot.abs().max()) < 0.01
 
 
+def test_initial_depth_sets_the_decoder_start() -> None:
+    from selfsup.modules.geometry import disp_to_depth
+    from selfsup.tasks.monodepth import MonodepthConfig, initial_disparity
+
+    # Known poses: the geometric middle of the range; the pose network: PyTorch's default.
+    cfg = MonodepthConfig(known_poses=True, min_depth=0.1, max_depth=10.0)
+    d = initial_disparity(cfg)
+    assert d is not None and abs(float(disp_to_depth(torch.tensor(d), 0.1, 10.0)) - 1.0) < 1e-6
+    assert initial_disparity(MonodepthConfig()) is None
+    d2 = initial_disparity(MonodepthConfig(init_depth=2.5))
+    assert d2 is not None and abs(float(disp_to_depth(torch.tensor(d2), 0.1, 10.0)) - 2.5) < 1e-5
+    with pytest.raises(ValueError, match="init_depth"):
+        initial_disparity(MonodepthConfig(init_depth=20.0))
+    bb = create_backbone(BackboneConfig(name="resnet18", small_stem=False))
+    dec = DispDecoder(bb.dense_specs(), width=32, scales=2, init_disp=d)
+    for h in dec.heads:
+        assert torch.allclose(torch.sigmoid(h.bias), torch.tensor([d]))
+
+
 # --- end to end ----------------------------------------------------------------------------
 
 

@@ -191,6 +191,9 @@ def add_parser(sub: Subparsers) -> None:
         "--max-depth", type=float, default=d.max_depth, help="metres (default: %(default)s)"
     )
     t.add_argument("--no-automask", action="store_true", help="keep static pixels (default: false)")
+    t.add_argument("--init-depth", type=float, default=None, metavar="METRES",
+                   help="depth the decoder starts at (default: the geometric middle of "
+                   "[min-depth, max-depth] with --poses, Monodepth2's start otherwise)")  # fmt: skip
     t.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     t.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32 (default: auto)")
@@ -237,8 +240,9 @@ def run_depth(a: argparse.Namespace) -> int:
             raise ConfigError("--offsets needs nonzero frame offsets, e.g. -3,3")
         max_seconds = None if a.max_time is None else parse_duration(a.max_time, "--max-time")
         cfg = md.MonodepthConfig(
-            image_size=a.image_size, offsets=offsets, steps=a.steps, max_seconds=max_seconds, batch_size=a.batch_size, lr=a.lr,
-            min_depth=a.min_depth, max_depth=a.max_depth, automask=not a.no_automask,
+            image_size=a.image_size, offsets=offsets, steps=a.steps, max_seconds=max_seconds,
+            batch_size=a.batch_size, lr=a.lr, min_depth=a.min_depth, max_depth=a.max_depth,
+            automask=not a.no_automask, init_depth=a.init_depth,
             known_poses=a.poses, seed=a.seed, device=a.device, precision=a.precision,
             num_workers=a.workers, train_frames=a.train_frames, test_frames=a.test_frames,
         )  # fmt: skip

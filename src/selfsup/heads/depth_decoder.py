@@ -11,6 +11,7 @@ Monodepth2, ICCV 2019):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +28,9 @@ class DispDecoder(nn.Module):
     uses_image = True
 
     def __init__(self, specs: Sequence[DenseSpec], in_chans: int = 3, width: int = 256,
-                 scales: int = 4) -> None:  # fmt: skip
+                 scales: int = 4, init_disp: float | None = None) -> None:  # fmt: skip
+        """``init_disp``: the sigmoid output every head starts at on average (its bias is
+        set to the logit); ``None`` keeps PyTorch's default (an average of 0.5)."""
         super().__init__()
         self.unet = UNetDecoder(specs, 1, in_chans=in_chans, width=width)
         self.unet.classifier = nn.Identity()  # type: ignore[assignment]
@@ -38,6 +41,12 @@ class DispDecoder(nn.Module):
         chans = self.unet.level_channels[n - scales :]
         self.strides = self.unet.level_strides[n - scales :][::-1]
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1) for c in chans)
+        if init_disp is not None:
+            if not 0 < init_disp < 1:
+                raise ValueError(f"init_disp must be in (0, 1), got {init_disp}")
+            logit = math.log(init_disp / (1 - init_disp))
+            for h in self.heads:
+                nn.init.constant_(h.bias, logit)  # type: ignore[arg-type]
 
     def forward(self, feats: Sequence[torch.Tensor], image: torch.Tensor) -> list[torch.Tensor]:
         levels = self.unet.levels(feats, image)[-self.scales :]

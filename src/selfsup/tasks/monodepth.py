@@ -17,6 +17,7 @@ depth has no scale).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,12 @@ class MonodepthConfig:
     smoothness: float = 1e-3
     scales: int = 4
     automask: bool = True
+    # Depth (metres) the decoder starts at. None: the geometric middle of [min_depth,
+    # max_depth] with known poses (the warp is metric from the first step, so a start 9x
+    # too near makes every warped source worse than the unwarped one and the auto-mask
+    # drops most pixels); Monodepth2's default (sigmoid 0.5) with the pose network, whose
+    # translation starts at zero and grows with the depth.
+    init_depth: float | None = None
     # Use <stem>.pose.txt camera-to-world poses instead of the pose network.
     known_poses: bool = False
     decoder_width: int = 256
@@ -147,6 +154,20 @@ class Triplets(Dataset[dict[str, torch.Tensor]]):
         return p
 
 
+def initial_disparity(cfg: MonodepthConfig) -> float | None:
+    """The sigmoid output the decoder starts at for ``cfg.init_depth`` (see there)."""
+    depth = cfg.init_depth
+    if depth is None:
+        if not cfg.known_poses:
+            return None
+        depth = math.sqrt(cfg.min_depth * cfg.max_depth)
+    if not cfg.min_depth < depth < cfg.max_depth:
+        raise ValueError(f"init_depth {depth} m must lie inside (min_depth, max_depth) = "
+                         f"({cfg.min_depth}, {cfg.max_depth})")  # fmt: skip
+    lo, hi = 1 / cfg.max_depth, 1 / cfg.min_depth
+    return (1 / depth - lo) / (hi - lo)
+
+
 class MonodepthModel(nn.Module):
     """Encoder (a backbone with ``forward_dense``), disparity decoder and pose network."""
 
@@ -154,7 +175,7 @@ class MonodepthModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = DispDecoder(encoder.dense_specs(), in_chans, cfg.decoder_width,  # type: ignore[operator]
-                                   cfg.scales)  # fmt: skip
+                                   cfg.scales, initial_disparity(cfg))  # fmt: skip
         self.pose = PoseNet(in_chans)
         self.min_depth, self.max_depth = cfg.min_depth, cfg.max_depth
 
