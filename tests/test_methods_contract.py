@@ -17,6 +17,8 @@ SIZE = 16
 TINY_VIT = ["backbone.kwargs={patch_size: 4, depth: 2, num_heads: 3}"]
 # Video methods: a two-block space-time ViT on clips of 4 frames.
 TINY_VIDEO_VIT = ["backbone.kwargs={patch_size: 4, depth: 2, frames: 4}"]
+# Distillation: an untrained ResNet-18 named as teacher (a run folder in real use).
+TEACHER = ["method.teacher_backbone={name: resnet18, small_stem: true}"]
 
 
 def _config(name: str, seed: int = 0) -> selfsup.Config:
@@ -26,6 +28,8 @@ def _config(name: str, seed: int = 0) -> selfsup.Config:
                                    overrides=TINY_VIDEO_VIT)  # fmt: skip
     backbone = "timm:vit_tiny_patch16_224" if cls.needs_vit else "resnet18"
     overrides = TINY_VIT if cls.needs_vit else []
+    if name == "distill":
+        overrides = TEACHER
     return selfsup.make_config(name, backbone=backbone, image_size=SIZE, seed=seed,
                                overrides=overrides)  # fmt: skip
 
@@ -90,10 +94,13 @@ def test_teacher_changes_only_in_on_step_end(name: str) -> None:
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"{name}: {n} changed outside on_step_end"
     method.on_step_end(info)
-    if frozen:  # an EMA teacher moves towards the student after on_step_end
-        assert any(
-            not torch.equal(p, frozen[n]) for n, p in method.named_parameters() if n in frozen
-        )
+    changed = [
+        n for n, p in method.named_parameters() if n in frozen and not torch.equal(p, frozen[n])
+    ]
+    if method.teacher_pairs():  # an EMA teacher moves towards the student after on_step_end
+        assert changed, f"{name}: the EMA teacher did not move in on_step_end"
+    else:  # a frozen teacher (distillation) never moves
+        assert not changed, f"{name}: frozen parameters changed: {changed[:5]}"
 
 
 def test_state_dict_round_trip_and_feature_extractor_shape(name: str) -> None:

@@ -18,6 +18,7 @@ examples:
   selfsup pretrain --method simclr --data ../shared/datasets/cifar10/train --out runs/simclr --max-time 10m
   selfsup pretrain --resume runs/simclr                   # continue exactly where it stopped
   selfsup pretrain --config configs/simclr_cifar10.yaml --out runs/b train.batch_size=128
+  selfsup pretrain --teacher runs/big --backbone timm:mobilenetv3_small_100 --data DIR --out runs/small
 """
 
 # (flag, config key or None, type, help). Help strings carry tuning advice; defaults are
@@ -171,6 +172,14 @@ def add_parser(sub: Subparsers) -> None:
             metavar=flag[2:].upper().replace("-", "_"),
             help=f"{help_} (default: {fmt_default(defaults.get(key))})",
         )
+    pt.add_argument(
+        "--teacher",
+        default=None,
+        metavar="RUN",
+        help="method distill: the frozen teacher, a run folder, checkpoint or hf export; its "
+        "embedding of each view is what the student learns to reproduce (implies --method "
+        "distill; the same as method.teacher=RUN) (default: none)",
+    )
     add_progress_flags(pt)
     pt.add_argument(
         "--print-config",
@@ -203,6 +212,14 @@ def _print_config(a: argparse.Namespace, options: dict[str, Any]) -> None:
 def run_pretrain(a: argparse.Namespace) -> int:
     from selfsup import api
 
+    if a.teacher is not None:
+        if a.method not in (None, "distill"):
+            from selfsup.config import ConfigError
+
+            raise ConfigError(f"--teacher is for --method distill, not --method {a.method}.")
+        if a.method is None and a.config is None:
+            a.method = "distill"
+        a.overrides = [*a.overrides, f"method.teacher={os.path.abspath(a.teacher)}"]
     values = {key: getattr(a, key) for _, key, _, _ in PRETRAIN_FLAGS}
     options = {short: values[key] for short, key in api.SHORTCUTS.items() if key in values}
     options = {k: v for k, v in options.items() if v is not None}

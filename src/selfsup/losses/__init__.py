@@ -2,6 +2,7 @@
 
 from selfsup.losses.barlow_twins import BarlowTwinsLoss
 from selfsup.losses.dino import DINOLoss
+from selfsup.losses.distill import FeatureDistillLoss
 from selfsup.losses.ibot import IBOTPatchLoss
 from selfsup.losses.infonce import InfoNCELoss
 from selfsup.losses.koleo import KoLeoLoss
@@ -14,6 +15,7 @@ from selfsup.losses.vicreg import VICRegLoss
 __all__ = [
     "BarlowTwinsLoss",
     "DINOLoss",
+    "FeatureDistillLoss",
     "IBOTPatchLoss",
     "InfoNCELoss",
     "KoLeoLoss",
