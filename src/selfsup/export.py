@@ -42,6 +42,11 @@ Formats:
 ``out`` is a folder, or for the single-file formats a file name ending in the format's
 extension (``model.onnx``, ``weights.safetensors``, ``net.pt``), with ``preprocessing.json``
 beside it.
+
+``quantize="int8"`` (onnx only) also writes ``backbone.int8.onnx`` (``model.int8.onnx`` for
+``out="model.onnx"``), statically quantised by onnxruntime with calibration images from the
+run's training data, and records how and how well in ``preprocessing.json["quantization"]``
+(see :mod:`selfsup.quantize`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ from selfsup.backbones import Backbone
 from selfsup.backbones.factory import TORCHVISION_RESNETS
 from selfsup.config import Config, ConfigError
 from selfsup.methods.base import Method
+from selfsup.quantize import Int8Options, Int8Plan, int8_path, plan_int8, quantize_export
+from selfsup.quantize import onnx_features as onnx_features  # public here too, for benchmarks
 from selfsup.runs import LoadedRun, load_run
 from selfsup.train import checkpoint as ckpt_io
 from selfsup.transforms.base import eval_resize
@@ -162,6 +169,8 @@ def export_backbone(
     verify: bool = True,
     overwrite: bool = False,
     license: str = "other",
+    quantize: str | None = None,
+    int8: Int8Options | None = None,
 ) -> ExportResult:
     """Export the backbone of ``run`` (a run folder or checkpoint file) as ``format``.
 
@@ -172,9 +181,13 @@ def export_backbone(
     default: the one the method evaluates with. ``verify`` loads the written file the way
     ``preprocessing.json`` says and compares its features ``(B, D)`` with the run's on a
     random batch ``(3, C, S, S)``. ``license``: the hf model card's and config's license.
+    ``quantize="int8"`` (onnx only): also write the int8 model beside the float one, as
+    ``int8`` says (default :class:`Int8Options`: 256 calibration images from the run's data);
+    its kNN check, when asked for, is in ``info["quantization"]["knn"]`` (``passed``).
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}.")
+    _check_quantize(format, quantize, int8)
     opened = open_backbone(run, which)
     bb, role, cfg, loaded = opened.backbone, opened.role, opened.config, opened.loaded
     size = cfg.data.image_size
@@ -188,9 +201,18 @@ def export_backbone(
         )
     if format == "onnx":
         _require("onnx", "onnxscript")
+    plan: Int8Plan | None = None
+    if quantize is not None:
+        data = opened.run_config.data
+        plan = plan_int8(int8 or Int8Options(), data.path, data.root)
 
     out_dir, model_file = _target(out, format, loaded.folder)
     _check_out(out_dir, model_file, overwrite)
+    if plan is not None and int8_path(model_file).exists() and not overwrite:
+        raise ConfigError(
+            f"{str(int8_path(model_file))!r} already exists. Choose another --out, or pass "
+            "--overwrite to replace it."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     channels = cfg.backbone.in_chans
     info = _info(format, bb, role, opened.run_config, loaded.file, loaded.checkpoint, size,
@@ -217,7 +239,31 @@ def export_backbone(
     info["files"] = [p.name for p in written] + [PREPROCESSING]
     meta_file = out_dir / PREPROCESSING
     meta_file.write_text(json.dumps(info, indent=2) + "\n")
+    if plan is not None:
+        # The float export is complete (and described) before quantisation starts, so that
+        # a failure there leaves a usable float model.
+        int8_file, info["quantization"] = quantize_export(model_file, info, plan)
+        written.append(int8_file)
+        info["files"] = [p.name for p in written] + [PREPROCESSING]
+        meta_file.write_text(json.dumps(info, indent=2) + "\n")
     return ExportResult(format, out_dir, [*written, meta_file], info, diff)
+
+
+def _check_quantize(fmt: str, quantize: str | None, int8: Int8Options | None) -> None:
+    if quantize is None:
+        if int8 is not None:
+            raise ConfigError(
+                "the int8 options (--calibration, --calibration-data, --knn-*, --tolerance) "
+                "apply to --quantize int8 only: add --quantize int8, or drop them."
+            )
+        return
+    if quantize != "int8":
+        raise ConfigError(f"--quantize {quantize}: the only quantisation is int8.")
+    if fmt != "onnx":
+        raise ConfigError(
+            f"--quantize int8 needs --format onnx (onnxruntime quantises the ONNX file), not "
+            f"--format {fmt}: export with --format onnx --quantize int8."
+        )
 
 
 def _write(
@@ -287,11 +333,11 @@ def _family(bb: Backbone) -> str:
     raise ConfigError(f"backbone {bb.name!r} is neither a torchvision ResNet nor a timm model.")
 
 
-def _require(*modules: str) -> None:
+def _require(*modules: str, what: str = "--format onnx") -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(
-            f"--format onnx needs the package(s) {', '.join(missing)}: pip install "
+            f"{what} needs the package(s) {', '.join(missing)}: pip install "
             "'selfsup[export]' (onnx, onnxscript, onnxruntime)."
         )
 
