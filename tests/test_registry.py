@@ -51,3 +51,18 @@ def test_register_new_method_and_refuse_duplicates() -> None:
                 Config = ToyConfig
     finally:
         _METHODS.pop("toy-test", None)
+
+
+@pytest.mark.parametrize("name", ["timm:mobilenetv3_small_100", "timm:efficientnet_b0", "resnet18"])
+def test_backbone_embed_dim_is_what_forward_returns(name: str) -> None:
+    # MobileNetV3 has a 1024-d pre-logits layer after its 576-d pooled features: heads sized
+    # from num_features would not fit its output.
+    import torch
+
+    from selfsup.backbones import create_backbone
+    from selfsup.config import BackboneConfig
+
+    bb = create_backbone(BackboneConfig(name=name), 32).eval()
+    with torch.no_grad():
+        out = bb(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, bb.embed_dim), (name, out.shape, bb.embed_dim)

@@ -138,7 +138,9 @@ def _timm(name: str, in_chans: int, image_size: int | None, kwargs: dict[str, An
 
         bb = ViTBackbone(net, "timm:" + name)
     else:
-        dim = net.num_features
+        # Models with a pre-logits layer after pooling (MobileNetV3: 576 -> 1024) return
+        # head_hidden_size features when built with num_classes=0, not num_features.
+        dim = getattr(net, "head_hidden_size", None) or net.num_features
         assert isinstance(dim, int)
         bb = Backbone(net, dim, "timm:" + name)
     bb.build_kwargs = {k: v for k, v in args.items() if k != "pretrained"}
