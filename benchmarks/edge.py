@@ -3,8 +3,8 @@
 For each model: parameters, FLOPs per image, ONNX file size, latency per image at batch 1
 and throughput at batch 32 through onnxruntime on 1 and 2 threads, and kNN top-1 on
 CIFAR-10 (k = 200, cosine, temperature 0.1, the full 50,000-image bank and 10,000 test
-queries unless limited) of the student in float and int8 computed through the ONNX files
-that are timed (every row's with ``--knn-all``; ~5 minutes a float model here). Other runs
+queries unless limited) computed through the ONNX files that are timed (the student in
+float and int8 by default; ``--knn`` names the rows). Other runs
 (e.g. the student's architecture trained by self-supervision alone, at the same budget) come
 as extra float rows with ``--baseline``.
 
@@ -174,10 +174,9 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=256, help="int8 calibration images")
     p.add_argument("--calibration-data", default=None,
                    help="int8 calibration images (default: --train)")  # fmt: skip
-    p.add_argument("--skip-knn", action="store_true", help="time only (default: false)")
-    p.add_argument("--knn-all", action="store_true",
-                   help="kNN through ONNX for every row, not only the student in float and int8 "
-                   "(the others' kNN then comes from selfsup eval knn; default: false)")  # fmt: skip
+    p.add_argument("--knn", default="student,student-int8",
+                   help="rows whose kNN to measure through their ONNX file, in this order "
+                   "(~4 minutes a float model here), or none (default: %(default)s)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="folder for exports and results")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -201,13 +200,13 @@ def main() -> None:
             if (n, f"time{t}") not in done:
                 record(file, done, n, f"time{t}", timings(r["file"], t, read_input_spec(r["file"])))
                 print(n, t, "threads:", done[(n, f"time{t}")], flush=True)
-    if not a.skip_knn:
-        for r in rows:
-            if not a.knn_all and r["name"] not in ("student", "student-int8"):
-                continue
-            if (r["name"], "knn") not in done:
-                record(file, done, r["name"], "knn", knn(r["file"], a))
-                print(r["name"], "kNN:", done[(r["name"], "knn")], flush=True)
+    by_name = {r["name"]: r for r in rows}
+    for n in [] if a.knn == "none" else a.knn.split(","):
+        if n not in by_name:
+            raise SystemExit(f"--knn: no row {n!r}; rows are {', '.join(by_name)}")
+        if (n, "knn") not in done:
+            record(file, done, n, "knn", knn(by_name[n]["file"], a))
+            print(n, "kNN:", done[(n, "knn")], flush=True)
     print(table(rows, done, threads))
     for t in threads:
         s, q = done.get(("student", f"time{t}")), done.get(("student-int8", f"time{t}"))
