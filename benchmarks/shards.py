@@ -4,7 +4,9 @@ larger JPEGs; with the peak memory of each, at two data sizes (memory stays flat
 
 Each measurement runs in its own process: the loader of a training run with on-device
 augmentation (decode, shrink to ``--cap`` short side, batch onto a canvas) over ``--workers``
-workers, for ``--seconds`` or one epoch. Peak RSS is that of the process and its workers.
+workers, for ``--seconds`` or one epoch. Memory is the peak of the summed proportional set
+size (PSS: shared pages split between the processes that share them) of the process and its
+loader workers, sampled every 0.2 s.
 
     python benchmarks/shards.py                                    # the full benchmark
     python benchmarks/shards.py --limit 2000 --big 200 --seconds 20  # a quick look
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -58,8 +59,60 @@ def make_jpegs(dest: Path, n: int, side: int, seed: int = 0) -> Path:
     return dest
 
 
-def measure(kind: str, data: str, workers: int, batch: int, cap: int, seconds: float) -> dict:
-    """Images/s of one loader (``kind`` folder or shards) over ``data``; peak RSS in MB."""
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:  # the process ended
+        pass
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc)."""
+    parent: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parent.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parent.get(p, []))
+    return out
+
+
+class PeakMemory:
+    """Peak summed PSS (MB) of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        import threading
+
+        self.peak_kb, self.every = 0, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(os.getpid())))
+            self._stop.wait(self.every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
+
+
+def measure(kind: str, data: str, workers: int, batch: int, cap: int, seconds: float,
+            buffer: int) -> dict:  # fmt: skip
+    """Images/s of one loader (``kind`` folder or shards) over ``data``; peak memory in MB
+    (PSS of the process and its workers)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -75,9 +128,10 @@ def measure(kind: str, data: str, workers: int, batch: int, cap: int, seconds: f
         n = len(src)
     else:
         shards = open_shards(data)
-        stream = ShardStream(shards, batch, batch, seed=0, cap=cap)
+        stream = ShardStream(shards, batch, batch, seed=0, cap=cap, buffer=buffer)
         it = ShardLoader(stream, batch, workers, collate_canvas, False)  # type: ignore[assignment]
         n = len(shards)
+    memory = PeakMemory()
     images, t0, first = 0, time.perf_counter(), None
     for canvas, *_ in it:
         images += canvas.shape[0]
@@ -86,14 +140,14 @@ def measure(kind: str, data: str, workers: int, batch: int, cap: int, seconds: f
         if time.perf_counter() - t0 > seconds:
             break
     dt = time.perf_counter() - (first or t0)
-    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # fmt: skip
-    return {"images_per_s": images / max(dt, 1e-9), "peak_rss_mb": rss / 1024, "n": n}
+    peak = memory.stop()  # before the workers end
+    return {"images_per_s": images / max(dt, 1e-9), "peak_mb": peak, "n": n}
 
 
-def run(kind: str, data: Path, a: argparse.Namespace) -> dict:
+def run(kind: str, data: Path, a: argparse.Namespace, buffer: int | None = None) -> dict:
     args = [sys.executable, __file__, "--measure", kind, str(data), "--workers", str(a.workers),
-            "--batch", str(a.batch), "--cap", str(a.cap), "--seconds", str(a.seconds)]  # fmt: skip
+            "--batch", str(a.batch), "--cap", str(a.cap), "--seconds", str(a.seconds),
+            "--buffer", str(buffer or a.buffer)]  # fmt: skip
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -102,20 +156,22 @@ def compare(name: str, folder: Path, tmp: Path, a: argparse.Namespace) -> None:
     from selfsup.data.shards import write_shards
 
     t0 = time.perf_counter()
-    index = write_shards(folder, tmp / f"{name}-shards", a.shard_size, progress=False)
+    index = write_shards(folder, tmp / f"{name}-shards", a.shard_size, progress=False,
+                         min_shards=a.min_shards)  # fmt: skip
     took = time.perf_counter() - t0
     f = run("folder", folder, a)
     s = run("shards", tmp / f"{name}-shards", a)
     print(f"{name}: {index['samples']} images, {len(index['shards'])} shards "
           f"(written in {took:.1f}s)")  # fmt: skip
-    print(f"  folder  {f['images_per_s']:9.1f} img/s   peak RSS {f['peak_rss_mb']:7.1f} MB")
-    print(f"  shards  {s['images_per_s']:9.1f} img/s   peak RSS {s['peak_rss_mb']:7.1f} MB")
+    print(f"  folder  {f['images_per_s']:9.1f} img/s   peak memory {f['peak_mb']:7.1f} MB")
+    print(f"  shards  {s['images_per_s']:9.1f} img/s   peak memory {s['peak_mb']:7.1f} MB")
     print(f"  ratio shards/folder: {s['images_per_s'] / f['images_per_s']:.2f}x speed, "
-          f"{s['peak_rss_mb'] / f['peak_rss_mb']:.2f}x memory")  # fmt: skip
+          f"{s['peak_mb'] / f['peak_mb']:.2f}x memory")  # fmt: skip
 
 
 def flat_memory(folder: Path, tmp: Path, a: argparse.Namespace) -> None:
-    """Peak RSS of the shard reader on a quarter of the data and on all of it."""
+    """Peak memory of the shard reader on a quarter of the data and on all of it, with a
+    shuffle buffer (``--memory-buffer`` per worker) that both fill."""
     from selfsup.data.shards import write_shards
 
     files = sorted(p for p in folder.rglob("*.jpg"))
@@ -123,11 +179,14 @@ def flat_memory(folder: Path, tmp: Path, a: argparse.Namespace) -> None:
     for p in files[: max(1, len(files) // 4)]:
         (quarter / p.parent.name).mkdir(parents=True, exist_ok=True)
         (quarter / p.parent.name / p.name).symlink_to(p.resolve())
-    write_shards(quarter, tmp / "quarter-shards", a.shard_size, progress=False)
-    small = run("shards", tmp / "quarter-shards", a)["peak_rss_mb"]
-    full = run("shards", tmp / "big-shards", a)["peak_rss_mb"]
-    print(f"memory: shards peak RSS {small:.1f} MB on {len(files) // 4} images, "
-          f"{full:.1f} MB on {len(files)} ({full / small:.2f}x for 4x the data)")  # fmt: skip
+    write_shards(quarter, tmp / "quarter-shards", a.shard_size, progress=False,
+                 min_shards=a.min_shards)  # fmt: skip
+    b = a.memory_buffer
+    small = run("shards", tmp / "quarter-shards", a, b)["peak_mb"]
+    full = run("shards", tmp / "big-shards", a, b)["peak_mb"]
+    print(f"memory (shuffle buffer {b} a worker): shards peak {small:.1f} MB on "
+          f"{len(files) // 4} images, {full:.1f} MB on {len(files)} "
+          f"({full / small:.2f}x for 4x the data)")  # fmt: skip
 
 
 def main() -> None:
@@ -140,11 +199,29 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seconds", type=float, default=60, help="per measurement (or one epoch)")
-    p.add_argument("--shard-size", type=int, default=100_000_000, help="bytes per shard")
+    p.add_argument("--shard-size", type=int, default=100_000_000, help="bytes per shard at most")
+    p.add_argument(
+        "--min-shards",
+        type=int,
+        default=64,
+        help="shards at least (as selfsup data shard's default)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=int,
+        default=1000,
+        help="shuffle buffer a worker (data.shuffle_buffer's default)",
+    )
+    p.add_argument(
+        "--memory-buffer",
+        type=int,
+        default=200,
+        help="shuffle buffer a worker for the memory line: both data sizes fill it",
+    )
     p.add_argument("--measure", nargs=2, metavar=("KIND", "DATA"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.measure:
-        print(json.dumps(measure(*a.measure, a.workers, a.batch, a.cap, a.seconds)))
+        print(json.dumps(measure(*a.measure, a.workers, a.batch, a.cap, a.seconds, a.buffer)))
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

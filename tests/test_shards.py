@@ -4,6 +4,7 @@ sample once an epoch over ranks and workers, exact resume mid-epoch, and bad sam
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def _pattern(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("shards")
-    write_shards(_folder(base / "imgs"), base / "sh", shard_size=10_000, progress=False)
+    write_shards(_folder(base / "imgs"), base / "sh", shard_size=10_000, progress=False,
+                 min_shards=5)  # fmt: skip
     return base
 
 
@@ -82,7 +84,7 @@ def test_shard_cli_check_pipe_and_sizes(shards: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     assert parse_size("500MB") == 500_000_000 and parse_size("64kB") == 64_000
     assert main(["data", "shard", str(shards / "imgs"), "--out", str(tmp_path / "s"),
-                 "--shard-size", "1GB"]) == 0  # fmt: skip
+                 "--shard-size", "1GB", "--min-shards", "1"]) == 0  # fmt: skip
     assert "24 images in 1 shards" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "s"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 24
@@ -94,6 +96,33 @@ def test_shard_cli_check_pipe_and_sizes(shards: Path, tmp_path: Path,
     assert open_shards(cmd).counts == [24]
     with pytest.raises(DataError, match="does not exist"):
         open_shards(str(tmp_path / "s/shard-{000000..000003}.tar"))
+
+
+def _keys(folder: Path) -> list[list[int]]:
+    """The folder numbers (``__key__``) of the samples in each shard, in the index's order."""
+    index = json.loads((folder / "index.json").read_text())
+    return [[int(x["__key__"]) for x in _samples(str(folder / s["name"]))] for s in index["shards"]]
+
+
+def test_shards_are_even_and_shuffled_unless_asked(shards: Path, tmp_path: Path) -> None:
+    folder = scan_folder(shards / "imgs")
+    assert folder.labels is not None
+    # The default: at least --min-shards shards (here one per image), in a seeded order.
+    index = write_shards(shards / "imgs", tmp_path / "a", progress=False)
+    assert [s["samples"] for s in index["shards"]] == [1] * 24
+    # Four even shards, each a mix of the two classes (the folder is sorted by class).
+    write_shards(shards / "imgs", tmp_path / "b", progress=False, min_shards=4)
+    keys = _keys(tmp_path / "b")
+    assert [len(k) for k in keys] == [6, 6, 6, 6]
+    written = [i for k in keys for i in k]
+    assert sorted(written) == list(range(24)) and written != list(range(24))
+    assert all(len({folder.labels[i] for i in k}) == 2 for k in keys)
+    # The same seed writes the same shards; --no-shuffle keeps the folder's order.
+    write_shards(shards / "imgs", tmp_path / "c", progress=False, min_shards=4)
+    assert _keys(tmp_path / "c") == keys
+    write_shards(shards / "imgs", tmp_path / "d", progress=False, min_shards=4, shuffle_seed=None)
+    assert _keys(tmp_path / "d") == [list(range(i, i + 6)) for i in range(0, 24, 6)]
+    assert all(len({folder.labels[i] for i in k}) == 1 for k in _keys(tmp_path / "d"))
 
 
 def _epoch(src: Any, rank: int, world: int, start: int = 0, workers: int = 2, epoch: int = 1,
@@ -159,7 +188,7 @@ def test_bad_samples_are_skipped_counted_and_named(tmp_path: Path) -> None:
     items = list(stream)
     skipped = [s for item in items for s in item[2]]
     assert len(items) == 25 and len(skipped) == 1 and "zz_bad.png" in skipped[0]
-    assert "shard-000000.tar" in skipped[0]
+    assert re.search(r"shard-\d{6}\.tar", skipped[0])
     with pytest.raises(DataError, match=r"zz_bad\.png"):
         list(ShardStream(src, 5, 5, seed=0, bad_files="fail"))
     # The per-image (CPU) augmentation path trains on shards too and lists the bad sample.

@@ -76,9 +76,22 @@ def _add_shard(das: Any) -> None:
     ds.add_argument("--out", required=True, help="folder for the shards (new or empty)")
     ds.add_argument(
         "--shard-size", default="500MB",
-        help="bytes per shard (default: 500MB). Large shards read fast from object storage; "
-        "have many more shards than processes x loader workers (each reads its own).",
+        help="at most this many bytes per shard (default: 500MB). Large shards read fast "
+        "from object storage; have many more shards than processes x loader workers (each "
+        "reads its own).",
     )  # fmt: skip
+    ds.add_argument(
+        "--min-shards", type=int, default=64,
+        help="split the images over at least this many shards, evenly (default: 64; fewer "
+        "only when there are fewer images), so that every process and loader worker gets its "
+        "own shards even for a small set",
+    )  # fmt: skip
+    ds.add_argument(
+        "--no-shuffle", action="store_true",
+        help="write the images in the folder's order (default: a seeded random order, so that "
+        "each shard holds a mix of the folder and not one class)",
+    )  # fmt: skip
+    ds.add_argument("--seed", type=int, default=0, help="seed of the write order (default: 0)")
 
 
 def _counts(d: dict[str, int]) -> str:
@@ -296,7 +309,10 @@ def run_shard(a: argparse.Namespace) -> int:
     """``data shard``: a folder into WebDataset shards."""
     from selfsup.data.shards import parse_size, write_shards
 
-    index = write_shards(a.path, a.out, parse_size(a.shard_size))
+    if a.min_shards < 1:
+        raise SystemExit(f"--min-shards {a.min_shards}: give 1 or more.")
+    index = write_shards(a.path, a.out, parse_size(a.shard_size), min_shards=a.min_shards,
+                         shuffle_seed=None if a.no_shuffle else a.seed)  # fmt: skip
     shards = index["shards"]
     size = sum(s["bytes"] for s in shards)
     print(f"{index['samples']} images in {len(shards)} shards ({size / 1e6:.1f} MB) in {a.out}"

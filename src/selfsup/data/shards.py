@@ -75,9 +75,17 @@ def parse_size(text: str) -> int:
 
 
 def write_shards(folder: str | Path, out: str | Path, shard_size: int = 500_000_000,
-                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Write every image under ``folder`` into WebDataset tar shards of about ``shard_size``
-    bytes in ``out`` (``shard-000000.tar``, ...), and ``index.json``; returns the index."""
+                 progress: bool = True, min_shards: int = 64,
+                 shuffle_seed: int | None = 0) -> dict[str, Any]:  # fmt: skip
+    """Write every image under ``folder`` into WebDataset tar shards in ``out``
+    (``shard-000000.tar``, ...), and ``index.json``; returns the index.
+
+    The images are split evenly over ``max(ceil(bytes / shard_size), min_shards)`` shards
+    (fewer when there are fewer images): training gives each process and loader worker its
+    own shards, and readers that share a shard each read through it. With ``shuffle_seed``
+    (the default) the images are written in a seeded random order, so each shard holds a mix
+    of the folder (a folder sorted by class would otherwise give shards of one class, and a
+    loader worker's batches of one class); ``None`` keeps the folder's order."""
     import webdataset as wds
     from tqdm.auto import tqdm
 
@@ -94,9 +102,19 @@ def write_shards(folder: str | Path, out: str | Path, shard_size: int = 500_000_
         raise DataError(f"{dest} already holds shards; choose another --out or delete them.")
     dest.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+    n = len(src)
+    total = sum(src.path(i).stat().st_size for i in range(n))
+    n_shards = max(1, min(n, max(math.ceil(total / shard_size), min_shards)))
+    starts = {j * n // n_shards for j in range(1, n_shards)}  # even: sizes differ by one at most
+    order = list(range(n))
+    if shuffle_seed is not None:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+    # maxsize still bounds the bytes (tar headers and padding add to the files' sizes)
     writer = wds.ShardWriter(str(dest / PATTERN), maxcount=10**9, maxsize=shard_size, verbose=0)
     try:
-        for i in tqdm(range(len(src)), desc="shards", unit="img", disable=not progress):
+        for n_written, i in enumerate(tqdm(order, desc="shards", unit="img", disable=not progress)):
+            if n_written in starts:
+                writer.next_stream()
             rel = src.files[i]
             sample: dict[str, Any] = {"__key__": f"{i:09d}", "path": rel.encode()}
             sample[Path(rel).suffix.lower().lstrip(".")] = src.path(i).read_bytes()
@@ -109,6 +127,7 @@ def write_shards(folder: str | Path, out: str | Path, shard_size: int = 500_000_
         writer.close()
     index = {
         "format": FORMAT, "source": str(src.root), "samples": len(src),
+        "order": "folder" if shuffle_seed is None else f"shuffled (seed {shuffle_seed})",
         "classes": src.classes, "labelled": src.labels is not None,
         "shards": [{"name": n, "samples": c, "bytes": (dest / n).stat().st_size}
                    for n, c in counts.items()],
