@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,10 @@ def test_shards_are_even_and_shuffled_unless_asked(shards: Path, tmp_path: Path)
     # The same seed writes the same shards; --no-shuffle keeps the folder's order.
     write_shards(shards / "imgs", tmp_path / "c", progress=False, min_shards=4)
     assert _keys(tmp_path / "c") == keys
+    for name in ("shard-000000.tar", "shard-000003.tar"):  # byte for byte, no PAX headers
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "c" / name).read_bytes()
+        with tarfile.open(tmp_path / "b" / name) as tar:
+            assert all(m.pax_headers == {} and m.mtime == 0 for m in tar.getmembers())
     write_shards(shards / "imgs", tmp_path / "d", progress=False, min_shards=4, shuffle_seed=None)
     assert _keys(tmp_path / "d") == [list(range(i, i + 6)) for i in range(0, 24, 6)]
     assert all(len({folder.labels[i] for i in k}) == 1 for k in _keys(tmp_path / "d"))

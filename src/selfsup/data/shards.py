@@ -109,8 +109,12 @@ def write_shards(folder: str | Path, out: str | Path, shard_size: int = 500_000_
     order = list(range(n))
     if shuffle_seed is not None:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
-    # maxsize still bounds the bytes (tar headers and padding add to the files' sizes)
-    writer = wds.ShardWriter(str(dest / PATTERN), maxcount=10**9, maxsize=shard_size, verbose=0)
+    # maxsize still bounds the bytes (tar headers and padding add to the files' sizes).
+    # mtime=0: with webdataset's default (the time, a float) Python's tarfile adds a PAX
+    # header to every member, which doubled the shards of small images and the time to read
+    # them (466 -> 244 us a CIFAR-10 sample); a fixed time also makes shards reproducible.
+    writer = wds.ShardWriter(str(dest / PATTERN), maxcount=10**9, maxsize=shard_size,
+                             verbose=0, mtime=0)  # fmt: skip
     try:
         for n_written, i in enumerate(tqdm(order, desc="shards", unit="img", disable=not progress)):
             if n_written in starts:
