@@ -40,7 +40,8 @@ def jobs(a: argparse.Namespace) -> list[dict[str, Any]]:
     out.append({"row": "monodepth", "cmd": [
         "depth", "train", "--frames", a.frames, "--encoder", a.run, *split, "--steps",
         str(a.depth_steps), f"--offsets={a.offsets}", "--image-size", str(a.depth_size), "--json",
-        "--no-progress"]})  # fmt: skip
+        "--no-progress", *(["--poses"] if a.poses else []),
+        *(["--intrinsics", a.intrinsics] if a.intrinsics else [])]})  # fmt: skip
     return [j for j in out if not a.only or any(j["row"].startswith(o) for o in a.only)]
 
 
@@ -83,6 +84,15 @@ def main() -> None:
     p.add_argument("--depth-size", type=int, default=128,
                    help="shorter side for self-supervised depth (default: 128; 2 CPU cores "
                    "run ~4 s a step at 192)")  # fmt: skip
+    p.add_argument(
+        "--poses",
+        action="store_true",
+        help="self-supervised depth with the known camera poses (no pose network)",
+    )
+    p.add_argument("--intrinsics", default=None,
+                   help="intrinsics file for self-supervised depth (default: the frames' "
+                   "camera-intrinsics.txt; 7-Scenes' is the depth camera's, see "
+                   "benchmarks/depth_intrinsics.py)")  # fmt: skip
     p.add_argument("--only", type=lambda s: s.split(","), default=None, help="row prefixes")
     p.add_argument("--out", required=True, help="folder of results.jsonl, depth.md, runs")
     a = p.parse_args()
