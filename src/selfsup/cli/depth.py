@@ -157,7 +157,10 @@ def add_parser(sub: Subparsers) -> None:
                    help="folder of frames in time order (<stem>.color.jpg, or plain images)")  # fmt: skip
     t.add_argument("--out", required=True, help="run folder to write (required)")
     t.add_argument("--intrinsics", default=None,
-                   help="3x3 intrinsics file (default: FRAMES/camera-intrinsics.txt)")  # fmt: skip
+                   help="3x3 intrinsics of the colour camera at the frames' full size "
+                   "(default: FRAMES/camera-intrinsics.txt). RGB-D sets often ship the depth "
+                   "camera's (7-Scenes: fx 585 at 640x480; its colour camera's is ~525): "
+                   "benchmarks/depth_intrinsics.py measures which fits")  # fmt: skip
     t.add_argument("--encoder", default=None, metavar="RUN",
                    help="a pretraining run whose backbone is the encoder (default: an "
                    "untrained ResNet-18)")  # fmt: skip
