@@ -75,3 +75,24 @@ def test_bad_inputs() -> None:
         NTXentLoss(0.0)
     with pytest.raises(ValueError, match="equal shape"):
         NTXentLoss()(torch.randn(4, 8), torch.randn(3, 8))
+
+
+def test_extra_negatives_join_every_anchors_denominator() -> None:
+    # Explicit loops: the extra embeddings add exp(sim / t) to every anchor's denominator.
+    g = torch.Generator().manual_seed(2)
+    z0, z1, neg = (torch.randn(4, 6, generator=g) for _ in range(3))
+    t = 0.3
+    z = torch.cat([z0, z1]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    m = neg.double() / neg.double().norm(dim=1, keepdim=True)
+    total = 0.0
+    for i in range(8):
+        j = (i + 4) % 8
+        num = math.exp(float(z[i] @ z[j]) / t)
+        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(8) if k != i)
+        den += sum(math.exp(float(z[i] @ m[k]) / t) for k in range(4))
+        total += -math.log(num / den)
+    got = float(NTXentLoss(t)(z0, z1, neg))
+    assert got == pytest.approx(total / 8, rel=1e-5)
+    # A negative equal to an anchor's positive makes that anchor's task harder.
+    assert float(NTXentLoss(t)(z0, z1, z1[:1])) > float(NTXentLoss(t)(z0, z1))

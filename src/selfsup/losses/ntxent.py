@@ -34,8 +34,12 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
         self.gather_distributed = gather_distributed
 
-    def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """``z0``, ``z1``: (N, D) embeddings of two views of the same N images -> scalar."""
+    def forward(
+        self, z0: torch.Tensor, z1: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``z0``, ``z1``: (N, D) embeddings of two views of the same N images -> scalar.
+        ``negatives``: (M, D) more embeddings that are negatives of every anchor (this
+        rank's only; e.g. still clips, the appearance of a video without its motion)."""
         if z0.shape != z1.shape or z0.ndim != 2:
             raise ValueError(
                 f"expected two (N, D) tensors of equal shape, got {z0.shape}, {z1.shape}"
@@ -54,6 +58,9 @@ class NTXentLoss(nn.Module):
         idx = torch.arange(2 * n, device=z0.device)
         self_mask = F.one_hot(idx + offset, keys.shape[0]).bool()
         logits = logits.masked_fill(self_mask, float("-inf"))
+        if negatives is not None:
+            extra = local @ F.normalize(negatives.float(), dim=1).T / self.temperature
+            logits = torch.cat([logits, extra], 1)  # targets index the first block
         # Positive of anchor i is i + N (first view) or i - N (second view) within the rank.
         targets = (idx + n) % (2 * n) + offset
         return F.cross_entropy(logits, targets)

@@ -27,6 +27,12 @@ class SimCLRConfig(MethodConfig):
     proj_output_dim: int = 128
     # Two layers in SimCLR v1; SimCLR v2 uses three.
     proj_layers: int = 2
+    # Clips only (a video backbone): each first view's still clip (its middle frame
+    # repeated: the video's appearance without its motion) is one more negative for every
+    # anchor, so that appearance alone cannot find the positive and the features must
+    # encode motion (the scene-motion decoupling of DSM, Wang et al., AAAI 2021). Costs one
+    # more forward pass of half the batch.
+    still_negatives: bool = False
     views: ViewsConfig = field(default_factory=ViewsConfig)
 
 
@@ -60,13 +66,22 @@ class SimCLR(Method):
             raise ValueError(f"SimCLR takes two views per image, got {len(views)}")
         b = views[0].shape[0]
         # One forward pass over both views: BatchNorm sees the whole 2B batch, as in SimCLR.
-        z = self(torch.cat([views[0], views[1]]))
-        z0, z1 = z[:b], z[b:]
-        loss = self.criterion(z0, z1)
+        still = None
+        if self.cfg.still_negatives:
+            if views[0].ndim != 5:
+                raise ValueError(
+                    "method.still_negatives needs clips (a video backbone such as "
+                    f"video_resnet18), got views of shape {tuple(views[0].shape)}"
+                )
+            t = views[0].shape[2]
+            still = views[0][:, :, t // 2 : t // 2 + 1].expand_as(views[0])
+        z = self(torch.cat([views[0], views[1]] + ([still] if still is not None else [])))
+        z0, z1 = z[:b], z[b : 2 * b]
+        loss = self.criterion(z0, z1, z[2 * b :] if still is not None else None)
         return loss, {"loss": loss.detach()}
 
     def chance_loss(self, batch_size: int) -> float | None:
-        return math.log(2 * batch_size - 1)
+        return math.log((3 if self.cfg.still_negatives else 2) * batch_size - 1)
 
     def default_transform(
         self, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
