@@ -95,6 +95,10 @@ class DataConfig:
     # A folder of videos: each view of a sample is a frame of the same video, the frames at
     # most this many apart (time as augmentation; 0: every view from one frame).
     video_gap: int = 8
+    # A video backbone (video_resnet18) learning by an image method: each view is a clip of
+    # backbone.kwargs.frames frames this many frames apart (the clips' starts at most
+    # video_gap apart). Evaluations of the run feed it clips at this stride too.
+    clip_stride: int = 2
     # Each image appears this many times an epoch (each time with its own crops): for a
     # small pool of large images (20 fundus photographs, a few slides) whose random crops,
     # not the images, are the samples; an epoch then holds enough batches.
@@ -486,6 +490,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean and data.std need the same number of channels.")
     if d.max_pixels < 1:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
+    if d.clip_stride < 1:
+        raise ConfigError(f"data.clip_stride must be >= 1, got {d.clip_stride}.")
     if d.video_gap < 0:
         raise ConfigError(f"data.video_gap must be >= 0, got {d.video_gap}.")
     if d.shuffle_buffer < 1:

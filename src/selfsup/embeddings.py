@@ -57,6 +57,9 @@ class FeatureModel:
     std: list[float]
     channels: int
     name: str
+    # Frames between a clip's frames for a video backbone: the run's own (videomae's
+    # method.clip_stride, else data.clip_stride), 4 without a run.
+    clip_stride: int = 4
 
 
 def feature_model(
@@ -91,7 +94,13 @@ def feature_model(
         std=list(cfg.data.std) if cfg else list(C.IMAGENET_STD),
         channels=cfg.backbone.in_chans if cfg else 3,
         name=name + (" (random init)" if random_init else ""),
+        clip_stride=_clip_stride(cfg) if cfg else 4,
     )
+
+
+def _clip_stride(cfg: Config) -> int:
+    """A run's frames between clip frames: videomae's method.clip_stride, else data's."""
+    return int(getattr(cfg.method, "clip_stride", None) or cfg.data.clip_stride)
 
 
 def open_data(
@@ -374,7 +383,8 @@ def _embed_videos(model: str | Path | Method | nn.Module, data: Path, path: Path
         whole = bool(getattr(net, "is_video", False))
         frames = int(getattr(net, "frames", 8))
         feats = clip_features(encode, folder, eval_transform(fm.image_size, fm.mean, fm.std),
-                              frames=frames, progress=bar, whole_clips=whole)  # fmt: skip
+                              frames=frames, stride=fm.clip_stride if whole else 4,
+                              progress=bar, whole_clips=whole)  # fmt: skip
     finally:
         bar.close()
     if l2_normalize:

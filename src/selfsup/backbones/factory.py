@@ -153,9 +153,16 @@ def _video_vits() -> list[str]:
     return list(VIDEO_VITS)
 
 
+def _video_resnets() -> list[str]:
+    from selfsup.backbones.video_resnet import VIDEO_RESNETS
+
+    return list(VIDEO_RESNETS)
+
+
 def list_backbones() -> list[str]:
-    """Torchvision names and the space-time ViTs built in; any ``timm:<name>`` works too."""
-    return [*TORCHVISION_RESNETS, *_video_vits(), "timm:<any timm model>"]
+    """Torchvision names, the clip ResNets and the space-time ViTs built in; any
+    ``timm:<name>`` works too."""
+    return [*TORCHVISION_RESNETS, *_video_resnets(), *_video_vits(), "timm:<any timm model>"]
 
 
 def create_backbone(cfg: BackboneConfig, image_size: int | None = None) -> Backbone:
@@ -163,21 +170,26 @@ def create_backbone(cfg: BackboneConfig, image_size: int | None = None) -> Backb
     name = cfg.name
     if name.startswith("timm:"):
         bb = _timm(name[5:], cfg.in_chans, image_size, dict(cfg.kwargs))
-    elif name in TORCHVISION_RESNETS:
+    elif name in TORCHVISION_RESNETS or name in _video_resnets():
         small = cfg.small_stem
         if small is None:
             small = image_size is not None and image_size <= SMALL_STEM_MAX_SIZE
-        if cfg.kwargs:
+        if name in _video_resnets():
+            from selfsup.backbones.video_resnet import video_resnet
+
+            bb = video_resnet(name, small, cfg.in_chans, dict(cfg.kwargs))
+        elif cfg.kwargs:
             raise ConfigError(
                 f"backbone.kwargs is for timm models; {name} takes none (got {dict(cfg.kwargs)})."
             )
-        bb = _resnet(name, small, cfg.in_chans)
+        else:
+            bb = _resnet(name, small, cfg.in_chans)
     elif name in _video_vits():
         from selfsup.backbones.video_vit import video_vit
 
         bb = video_vit(name, cfg.in_chans, image_size, dict(cfg.kwargs))
     else:
-        names = [*TORCHVISION_RESNETS, *_video_vits()]
+        names = [*TORCHVISION_RESNETS, *_video_resnets(), *_video_vits()]
         hint = closest(name, names)
         did = f" Did you mean {', '.join(hint)}?" if hint else ""
         raise UnknownNameError(

@@ -38,7 +38,7 @@ def add_eval_parsers(evs: Subparsers) -> None:
                    help="frames a clip (default: 8; a video backbone's own)")  # fmt: skip
     p.add_argument("--stride", type=int, default=None,
                    help="frames between a clip's frames (default: 4; a video run's "
-                   "method.clip_stride)")  # fmt: skip
+                   "method.clip_stride or data.clip_stride)")  # fmt: skip
     p.add_argument("--clips", type=int, default=2, help="clips a video (default: %(default)s)")
     p.add_argument("--folds", type=int, default=3,
                    help="cross-validation folds over videos (default: %(default)s)")  # fmt: skip

@@ -36,16 +36,18 @@ class _Loader:
         self.channels = channels
         self.bad_files = bad_files
 
-    def load(self, index: int, seed: int, frames: int = 1,
-             clip: tuple[int, int] | None = None) -> tuple[torch.Tensor, int, list[str]]:  # fmt: skip
+    def load(self, index: int, seed: int, frames: int = 1, clip: tuple[int, int] | None = None,
+             clips: int = 0) -> tuple[torch.Tensor, int, list[str]]:  # fmt: skip
         """Item ``index`` as ``(C, H, W)``; ``frames`` > 1 from a source of videos: ``frames``
         moments of it stacked, ``(frames, C, H, W)``, one a view; ``clip`` = (frames, stride)
-        from a source of videos: a clip ``(frames, C, H, W)`` from a random start."""
+        from a source of videos: a clip ``(frames, C, H, W)`` from a random start, or with
+        ``clips`` = n, n clips ``(n, frames, C, H, W)``, one a view."""
         skipped: list[str] = []
         gen = torch.Generator().manual_seed(seed)
         views = getattr(self.source, "load_views", None) if frames > 1 else None
-        clips = getattr(self.source, "load_clip", None) if clip is not None else None
-        if clip is not None and clips is None:
+        load_clip = getattr(self.source, "load_clip", None) if clip is not None else None
+        load_clips = getattr(self.source, "load_clips", None) if clips else None
+        if clip is not None and (load_clip is None or (clips and load_clips is None)):
             raise DataError(
                 f"{self.source.name} is not a folder of videos: a video method takes clips. "
                 "Point data.path at videos (mp4, avi, webm, mkv or frame folders)."
@@ -53,10 +55,14 @@ class _Loader:
         for _ in range(MAX_RETRIES):
             try:
                 where = self.source.describe(index)
-                if clips is not None:
+                if load_clips is not None:
+                    assert clip is not None
+                    x = torch.stack([torch.stack([to_tensor(f, self.channels, where) for f in c])
+                                     for c in load_clips(index, seed, clips, *clip)])  # fmt: skip
+                elif load_clip is not None:
                     assert clip is not None
                     x = torch.stack([to_tensor(f, self.channels, where)
-                                     for f in clips(index, seed, *clip)])  # fmt: skip
+                                     for f in load_clip(index, seed, *clip)])  # fmt: skip
                 elif views is not None:
                     x = torch.stack([to_tensor(f, self.channels, where)
                                      for f in views(index, seed, frames)])  # fmt: skip
@@ -104,7 +110,9 @@ class ViewDataset(Dataset[tuple[list[torch.Tensor], int, list[str]]]):
         n_views = len(getattr(self.transform, "transforms", [None]))
         # A video method's transform asks for whole clips: (frames, stride).
         clip = getattr(self.transform, "clip", None)
-        x, label, skipped = self.loader.load(index, seed, n_views, clip)
+        # An image method on a video backbone asks for one clip a view.
+        clips = int(getattr(self.transform, "clips", 0))
+        x, label, skipped = self.loader.load(index, seed, n_views, clip, clips)
         # Seed the augmentation without disturbing the process's own random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

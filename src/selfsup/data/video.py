@@ -319,3 +319,20 @@ class VideoSource:
         g = torch.Generator().manual_seed(seed)
         (start,) = clip_starts(n, (frames - 1) * stride + 1, "random", 1, g)
         return [v[p].permute(1, 2, 0).numpy() for p in clip_indices(n, start, frames, stride)]
+
+    def load_clips(self, i: int, seed: int, n: int, frames: int,
+                   stride: int) -> list[list[np.ndarray]]:  # fmt: skip
+        """``n`` clips of video ``i`` (image methods on a video backbone: one clip a view):
+        the first from a start drawn uniformly with ``seed``, the others from starts at most
+        ``gap`` frames from it (``gap`` 0: ``n`` times the same clip)."""
+        v = self.frames(i)
+        t = int(v.shape[0])
+        g = torch.Generator().manual_seed(seed)
+        last = max(0, t - ((frames - 1) * stride + 1))
+        first = int(torch.randint(last + 1, (), generator=g))
+        starts = [first]
+        for _ in range(n - 1):
+            lo, hi = max(0, first - self.gap), min(last, first + self.gap)
+            starts.append(int(torch.randint(lo, hi + 1, (), generator=g)))
+        return [[v[p].permute(1, 2, 0).numpy() for p in clip_indices(t, s, frames, stride)]
+                for s in starts]  # fmt: skip

@@ -55,7 +55,9 @@ def evaluate_video(
     whole = bool(getattr(model, "is_video", False))
     if whole:
         frames = frames or int(getattr(model, "frames"))  # noqa: B009
-        stride = stride or int(getattr(loaded.config.method, "clip_stride", 4))
+        stride = stride or int(
+            getattr(loaded.config.method, "clip_stride", None) or loaded.config.data.clip_stride
+        )
     frames, stride = frames or 8, stride or 4
 
     def encode(x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from selfsup.train.monitors import FirstCall, OnlineProbe
 from selfsup.train.optim import build_optimizer, scaled_lr
 from selfsup.train.state import TrainState
 from selfsup.transforms.batched import BatchedViews
+from selfsup.transforms.views import ClipViews
 
 
 @dataclass
@@ -124,6 +125,17 @@ def _data(
             f"{method.name} learns from clips: point data.path at a folder of videos (mp4, avi, "
             f"webm, mkv or frame folders), not {source.name}."
         )
+    clip_backbone = bool(getattr(method.backbone, "is_video", False))
+    if clip_backbone and not video:
+        raise ConfigError(
+            f"{cfg.backbone.name} learns from clips: point data.path at a folder of videos "
+            f"(mp4, avi, webm, mkv or frame folders), not {source.name}; or use an image "
+            "backbone (resnet18)."
+        )
+    if clip_backbone and not method.needs_video:
+        # An image method on a video backbone: each of its views becomes a clip.
+        frames = int(getattr(method.backbone, "frames"))  # noqa: B009
+        transform = ClipViews(transform, frames, cfg.data.clip_stride)
     on_device = not video and augment_on_device(cfg.data.augment, device, transform.specs)
     workers = default_workers(cfg.data.num_workers)
     cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0

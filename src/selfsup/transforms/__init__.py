@@ -3,6 +3,7 @@
 from selfsup.transforms.base import MultiView, eval_transform, to_uint8_tensor
 from selfsup.transforms.views import (
     ClipView,
+    ClipViews,
     MaskedViewsConfig,
     MultiCropConfig,
     ViewsConfig,
@@ -18,6 +19,7 @@ from selfsup.transforms.views import (
 
 __all__ = [
     "ClipView",
+    "ClipViews",
     "MaskedViewsConfig",
     "MultiCropConfig",
     "MultiView",

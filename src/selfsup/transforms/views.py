@@ -263,3 +263,37 @@ def clip_view(cfg: MaskedViewsConfig, image_size: int, mean: Sequence[float],
         channels=len(mean),
     )  # fmt: skip
     return ClipView(spec, frames, stride)
+
+
+class ClipViews(MultiView):
+    """An image method's views, made of clips for a video backbone (the rho-methods of
+    Feichtenhofer et al., "A Large-Scale Study on Unsupervised Spatiotemporal Representation
+    Learning", CVPR 2021): view k is a clip of ``frames`` frames ``stride`` apart from its own
+    moment of the video, given view k's augmentation with one set of random parameters for
+    all its frames (a crop, flip or colour change that flickered from frame to frame would
+    be motion the clip does not have). ``(n, T, C, H, W)`` -> ``[(C, T, S, S)] * n``.
+
+    ``clip`` = (frames, stride) and ``clips`` = n tell the data loader to draw n clips of
+    the video, their starts at most ``data.video_gap`` frames apart."""
+
+    def __init__(self, views: MultiView, frames: int, stride: int) -> None:
+        if frames < 1 or stride < 1:
+            raise ValueError(f"a clip needs frames >= 1 and stride >= 1, got {frames}, {stride}")
+        # No specs: clips are augmented per sample on the CPU, never batched on the device.
+        super().__init__(views.transforms)
+        self.clip = (frames, stride)
+        self.clips = len(self.transforms)
+
+    def __call__(self, clips: torch.Tensor) -> list[torch.Tensor]:
+        if clips.ndim != 5 or clips.shape[0] != self.clips:
+            raise ValueError(
+                f"{self.clips} clips (n, T, C, H, W) expected, got {tuple(clips.shape)}: "
+                "pretrain a video backbone on a folder of videos"
+            )
+        # torchvision's v2 transforms draw one set of parameters for all leading dimensions.
+        pairs = zip(self.transforms, clips, strict=True)
+        return [t(c).transpose(0, 1).contiguous() for t, c in pairs]
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"ClipViews(frames={self.clip[0]}, stride={self.clip[1]},\n  {inner}\n)"

@@ -3,8 +3,9 @@ clip's predicted action lies. A logistic-regression probe is fitted on the clip 
 the labelled videos (frames through the run's backbone, averaged: as ``selfsup eval video``
 computes them); the clip's class score, from its frames' mean feature, is differentiated
 back to each frame's last convolutional map (Grad-CAM, Selvaraju et al., 2017, applied
-frame by frame under temporal pooling). A space-time ViT (videomae) takes each clip whole;
-its tube tokens take the place of the convolutional map."""
+frame by frame under temporal pooling). A clip ResNet (video_resnet18) takes each clip
+whole and every frame's map gets its own Grad-CAM; for a space-time ViT (videomae) the tube
+tokens take the place of the convolutional map."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from selfsup.backbones import Backbone
+from selfsup.backbones.video_vit import VideoViTBackbone
 from selfsup.backbones.vit import ViTBackbone
 from selfsup.config import ConfigError
 from selfsup.viz.common import Run, image_grid, open_run, overlay, row_label, save, to_display
@@ -48,7 +50,7 @@ def video_gradcam(
         )
     if whole:
         frames = frames or int(getattr(bb, "frames"))  # noqa: B009
-        stride = stride or int(getattr(r.method.cfg, "clip_stride", 4))
+        stride = stride or int(getattr(r.method.cfg, "clip_stride", None) or r.cfg.data.clip_stride)
     frames, stride = frames or 8, stride or 4
     if data is None:
         raise ConfigError("video-gradcam needs --data: a folder of class folders of videos.")
@@ -80,8 +82,11 @@ def video_gradcam(
         x = frame_batch(video, transform, idx)
         if r.channels == 1:
             x = x.mean(1, keepdim=True)
-        if whole:
+        if whole and isinstance(bb, VideoViTBackbone):
             heat, probs = clip_grad_cam(bb, probe, x.transpose(0, 1).unsqueeze(0))
+        elif whole:  # a clip ResNet: the clip goes through whole, each frame gets its map
+            assert isinstance(bb, Backbone)
+            heat, probs = grad_cam(bb, probe, x.transpose(0, 1).unsqueeze(0))
         else:
             assert isinstance(bb, Backbone)
             heat, probs = grad_cam(bb, probe, x, pool=True)
