@@ -1,0 +1,204 @@
+"""Video: pretexts at an equal CPU budget on Weizmann actions, each against its untrained
+network, scored by cross-validated action recognition on clip features.
+
+For each arm: ``selfsup pretrain`` for ``--minutes`` on the unlabeled videos, then
+``selfsup eval video`` on the run and on the same network untrained (``--random-init``),
+3-fold stratified cross-validation over videos repeated with fold seeds ``--seeds``. The
+table gives mean and standard deviation over all folds (3 folds x 3 seeds = 9), kNN and
+linear probe, with the run's optimiser steps and clips (or frames) a second.
+
+    SELFSUP_DATASETS=../shared/datasets python benchmarks/video.py --out /tmp/video
+
+Runs go to ``<out>/<arm>/`` and each evaluation to ``<out>/eval-<arm>[-random]-seed<S>.json``;
+a rerun skips what is there, so an interrupted benchmark resumes. The budgets are wall
+clock: run nothing beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("SELFSUP_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+# name -> (description, config, overrides)
+ARMS: dict[str, tuple[str, str, list[str]]] = {
+    "videomae": (
+        "VideoMAE, tube masking 90% (video_vit_tiny)",
+        "configs/videomae_weizmann.yaml",
+        [],
+    ),
+    "vicreg-frames": (
+        "VICReg on frames, time as augmentation (resnet18)",
+        "configs/vicreg_weizmann.yaml",
+        ["backbone.small_stem=false", "method.views.min_scale=0.5"],
+    ),
+    "simclr-frames": (
+        "SimCLR on frames, time as augmentation (resnet18)",
+        "configs/simclr_clips_weizmann.yaml",
+        ["backbone.name=resnet18"],
+    ),
+    "rho-vicreg": (
+        "rho-VICReg on clips (video_resnet18)",
+        "configs/vicreg_weizmann.yaml",
+        [
+            "backbone.name=video_resnet18",
+            "backbone.small_stem=false",
+            "method.views.min_scale=0.5",
+            "data.clip_stride=4",
+            "data.video_gap=200",
+        ],
+    ),
+    "rho-simclr-noshift": (
+        "rho-SimCLR on clips, no temporal shift (video_resnet18, shift_div 0)",
+        "configs/simclr_clips_weizmann.yaml",
+        ["backbone.kwargs={shift_div: 0}"],
+    ),
+    "rho-simclr": (
+        "rho-SimCLR on clips (video_resnet18)",
+        "configs/simclr_clips_weizmann.yaml",
+        [],
+    ),
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    with log.open("w") as f:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def run_name(arm: str, seed: int) -> str:
+    return arm if seed == 0 else f"{arm}-train{seed}"
+
+
+def pretrain(arm: str, out: Path, data: Path, minutes: float, extra: list[str],
+             seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    _, config, overrides = ARMS[arm]
+    name = run_name(arm, seed)
+    folder = out / name
+    extra = [*extra, f"train.seed={seed}"] if seed else extra
+    summary = folder / "summary.json"
+    if not summary.exists():
+        print(f"pretraining {name} for {minutes:g} min ...", flush=True)
+        run([sys.executable, "-m", "selfsup", "pretrain", "--config", config, "--data",
+             str(data), "--out", str(folder), "--max-time", f"{minutes * 60:g}s",
+             "--no-progress", "--overwrite", *overrides, *extra], out / f"{name}.log")  # fmt: skip
+    result: dict[str, Any] = json.loads(summary.read_text())
+    return result
+
+
+def evaluate(arm: str, out: Path, data: Path, seed: int, random_init: bool) -> dict[str, Any]:
+    name = f"eval-{arm}{'-random' if random_init else ''}-seed{seed}.json"
+    file = out / name
+    if not file.exists() or not file.stat().st_size:
+        cmd = [sys.executable, "-m", "selfsup", "eval", "video", "--checkpoint", str(out / arm),
+               "--data", str(data), "--folds", "3", "--seed", str(seed), "--json",
+               "--no-progress"] + (["--random-init"] if random_init else [])  # fmt: skip
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        file.write_text(done.stdout)
+    result: dict[str, Any] = json.loads(file.read_text())
+    return result
+
+
+def _label(arm: str, seed: int) -> str:
+    return ARMS[arm][0] + (f", training seed {seed}" if seed else "")
+
+
+def folds_of(evals: list[dict[str, Any]], protocol: str) -> list[float]:
+    return [float(f) for e in evals for f in e[protocol]["folds_top1"]]
+
+
+def pooled(evals: list[dict[str, Any]], protocol: str) -> str:
+    folds = folds_of(evals, protocol)
+    return f"{statistics.mean(folds):5.1f} ± {statistics.stdev(folds):4.1f}"
+
+
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], protocol: str) -> str:
+    """Fold-by-fold differences a - b (the same videos in every fold: the same splits), as
+    mean ± sd and wins / ties / losses."""
+    d = [x - y for x, y in zip(folds_of(a, protocol), folds_of(b, protocol), strict=True)]
+    w, t = sum(x > 0 for x in d), sum(x == 0 for x in d)
+    return f"{statistics.mean(d):+5.1f} ± {statistics.stdev(d):4.1f} ({w}/{t}/{len(d) - w - t})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="runs and results (resumable)")
+    ap.add_argument("--data", type=Path, default=DATASETS / "videos" / "weizmann4")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
+    ap.add_argument("--minutes", type=float, default=10.0, help="pretraining budget an arm")
+    ap.add_argument("--seeds", default="0,1,2", help="fold seeds of the cross-validation")
+    ap.add_argument("--train-seeds", default="0",
+                    help="training seeds: one run an arm each (seed k > 0: <arm>-train<k>)")  # fmt: skip
+    ap.add_argument("--versus", default="rho-simclr",
+                    help="the arm compared fold by fold with every other run and floor")  # fmt: skip
+    ap.add_argument("--set", action="append", default=[], metavar="ARM:KEY=VALUE",
+                    help="an extra config override for one arm (repeatable)")  # fmt: skip
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    rows = []
+    results: dict[str, list[dict[str, Any]]] = {}
+    for arm in a.arms.split(","):
+        if arm not in ARMS:
+            sys.exit(f"unknown arm {arm!r}: one of {', '.join(ARMS)}")
+        extra = [s.split(":", 1)[1] for s in a.set if s.split(":", 1)[0] == arm]
+        for t in (int(x) for x in a.train_seeds.split(",")):
+            name = run_name(arm, t)
+            summary = pretrain(arm, a.out, a.data, a.minutes, extra, t)
+            ssl = [evaluate(name, a.out, a.data, s, False) for s in seeds]
+            floor = [evaluate(name, a.out, a.data, s, True) for s in seeds]
+            state = summary["state"]
+            what = _label(arm, t)
+            results[what], results[f"{what}: untrained"] = ssl, floor
+            rows.append((what, f"{state['step']}", f"{summary['images_per_s']:.1f}",
+                         pooled(ssl, "knn"), pooled(ssl, "linear"), pooled(floor, "knn"),
+                         pooled(floor, "linear")))  # fmt: skip
+            print(f"{name}: done", flush=True)
+        train_seeds = a.train_seeds.split(",")
+        if len(train_seeds) > 1:  # the arm over all its training seeds: folds pooled
+            what = f"{ARMS[arm][0]}, training seeds {a.train_seeds}"
+            ssl = [e for t in train_seeds for e in results[_label(arm, int(t))]]
+            floor = [e for t in train_seeds for e in results[_label(arm, int(t)) + ": untrained"]]
+            results[what], results[f"{what}: untrained"] = ssl, floor
+            rows.append((what, "", "", pooled(ssl, "knn"), pooled(ssl, "linear"),
+                         pooled(floor, "knn"), pooled(floor, "linear")))  # fmt: skip
+    print(f"\n{a.data.name}: {a.minutes:g} min a pretext on this machine; mean ± sd over "
+          f"{3 * len(seeds)} folds (3-fold CV x fold seeds {a.seeds})\n")  # fmt: skip
+    head = ("pretext", "steps", "samples/s", "kNN", "linear", "kNN untrained",
+            "linear untrained")  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    label = ARMS.get(a.versus, ("?",))[0]
+    refs = {k: v for k, v in results.items() if k.startswith(label) and "untrained" not in k}
+    if not refs:
+        return
+    print(f"\n{ARMS[a.versus][0]} minus each other row of the same training seed(s), fold by "
+          "fold (the same splits): mean ± sd of the differences, (wins/ties/losses)\n")  # fmt: skip
+    print("| row | against | kNN | linear |\n|---|---|---|---|")
+    for what, evals in results.items():
+        if what in refs:
+            continue
+        tail = what.split(")", 1)[-1].replace(": untrained", "")
+        ref = next((k for k in refs if k.split(")", 1)[-1] == tail), None)
+        if ref is None or len(refs[ref]) != len(evals):
+            continue
+        print(f"| {ref} | {what} | {paired(refs[ref], evals, 'knn')} | "
+              f"{paired(refs[ref], evals, 'linear')} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
