@@ -7,6 +7,7 @@ import csv
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,14 @@ def test_wandb_offline_run_holds_config_metrics_and_model(tiny_folder: Path,
     _pretrain(tiny_folder, run, "[csv,tensorboard,wandb]",
               ["logging.wandb_mode=offline", "logging.wandb_project=tests"])  # fmt: skip
     run_id = json.loads((run / "trackers.json").read_text())["wandb"]["id"]
-    (file,) = glob.glob(str(run / "wandb" / "offline-run-*" / f"run-{run_id}.wandb"))
+    pattern = str(run / "wandb" / "offline-run-*" / f"run-{run_id}.wandb")
+    # wandb's service process writes the offline file on its own; on a loaded machine it can
+    # appear a moment after run.finish() returns.
+    for _ in range(60):
+        if glob.glob(pattern):
+            break
+        time.sleep(0.5)
+    (file,) = glob.glob(pattern)
     records = _wandb_records(file)
     kinds = [r.WhichOneof("record_type") for r in records]
     (meta,) = [r.run for r, k in zip(records, kinds, strict=True) if k == "run"]
