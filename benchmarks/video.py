@@ -66,6 +66,11 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
         "configs/simclr_clips_weizmann.yaml",
         [],
     ),
+    "rho-simclr-f4": (
+        "rho-SimCLR on 4-frame clips (video_resnet18, frames 4)",
+        "configs/simclr_clips_weizmann.yaml",
+        ["backbone.kwargs={frames: 4}"],
+    ),
 }
 
 

@@ -318,6 +318,27 @@ def test_a_sample_gets_the_same_views_in_any_batch() -> None:
     assert (a - b).abs().max() > 0.1
 
 
+def test_out_sizes_resize_the_same_crops_to_another_size() -> None:
+    """Progressive resizing: a view made at 12 px instead of its spec's 24 is the view of a
+    12-px spec (the same random boxes, flips and colours), the other views unchanged."""
+    from dataclasses import replace
+
+    g = _gen(3)
+    canvas = torch.randint(0, 256, (5, 3, 40, 40), dtype=torch.uint8, generator=g)
+    sizes = torch.full((5, 2), 40)
+    seeds = _seeds(5)
+    spec = _spec(size=24, scale=(0.2, 1.0), hflip_prob=0.5, jitter_prob=0.8, brightness=0.4,
+                 contrast=0.4, saturation=0.4, hue=0.1, gray_prob=0.2)  # fmt: skip
+    small, full = B.BatchedViews([spec, spec])(canvas, sizes, seeds, out_sizes=[12, 24])
+    ref = B.BatchedViews([replace(spec, size=12), spec])(canvas, sizes, seeds)
+    assert small.shape == (5, 3, 12, 12) and full.shape == (5, 3, 24, 24)
+    torch.testing.assert_close(small, ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, ref[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, B.BatchedViews([spec, spec])(canvas, sizes, seeds)[1])
+    with pytest.raises(ValueError, match="2 views but 1 sizes"):
+        B.BatchedViews([spec, spec])(canvas, sizes, seeds, out_sizes=[12])
+
+
 # ------------------------------------------------------------ canvas, presets, decode cap
 
 

@@ -285,3 +285,36 @@ def test_data_wait_counts_the_loader_not_the_augmentation(
     run = tmp_path / "load"
     selfsup.pretrain("simclr", data=str(folder), out=run, steps=4, workers=0, **kw)
     assert _data_wait(run) > 0.5
+
+
+@pytest.mark.parametrize("augment", ["cpu", "device"])
+def test_progressive_resizing_grows_the_views_over_the_budget(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augment: str
+) -> None:
+    from selfsup.methods.simclr import SimCLR
+
+    seen: list[tuple[int, ...]] = []
+    real = SimCLR.training_step
+
+    def spy(self: SimCLR, views: list[torch.Tensor], info: Any) -> Any:
+        seen.append(tuple(v.shape[-1] for v in views))
+        return real(self, views, info)
+
+    monkeypatch.setattr(SimCLR, "training_step", spy)
+    over = [f"data.augment={augment}", "data.progressive_start=0.5",
+            "data.progressive_until=0.75"]  # fmt: skip
+    kw = dict(TINY, overrides=[*TINY["overrides"], *over])  # type: ignore[list-item]
+    selfsup.pretrain("simclr", data=str(folder), out=tmp_path / "run", steps=8, workers=0, **kw)
+    # 16 px views: 8 px at the start, + 8 px * (step / 8) / 0.75, in steps of 4 px.
+    assert seen == [(s, s) for s in (8, 8, 12, 12, 12, 16, 16, 16)]
+
+
+def test_progressive_resizing_is_refused_where_it_cannot_apply(
+    folder: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="progressive_start is the fraction"):
+        selfsup.pretrain("simclr", data=str(folder), out=tmp_path / "a", steps=1,
+                         **dict(TINY, overrides=["data.progressive_start=2"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="a fixed patch grid"):
+        selfsup.pretrain("mae", data=str(folder), out=tmp_path / "b", steps=1,
+                         **dict(TINY, overrides=["data.progressive_start=0.5"]))  # fmt: skip

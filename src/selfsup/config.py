@@ -119,6 +119,13 @@ class DataConfig:
     # mixes in memory (raw bytes). Larger mixes better across shard boundaries, at the cost
     # of memory and start-up time; the epoch's shard order is reshuffled anyway.
     shuffle_buffer: int = 1000
+    # Progressive resizing for short budgets: every view starts at this fraction of its size
+    # (e.g. 0.5: 32 px views made 16 px, a quarter of the compute of a convolutional
+    # network) and grows linearly to full size at `progressive_until` of the budget, in
+    # steps of 4 px. More images in the same time; the full size at the end keeps training
+    # and evaluation resolutions matched. None: off. Convolutional backbones only.
+    progressive_start: float | None = None
+    progressive_until: float = 0.75
 
 
 @dataclass
@@ -508,6 +515,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.limit must be at least 1 (or unset), got {d.limit}.")
     if d.image_size is not None and d.image_size < 8:
         raise ConfigError(f"data.image_size must be at least 8 pixels, got {d.image_size}.")
+    if d.progressive_start is not None and not 0 < d.progressive_start <= 1:
+        raise ConfigError(
+            "data.progressive_start is the fraction of each view's size to start from, in "
+            f"(0, 1] (e.g. 0.5), or null for off; got {d.progressive_start}."
+        )
+    if not 0 <= d.progressive_until <= 1:
+        raise ConfigError(
+            "data.progressive_until is the fraction of the budget at which views reach full "
+            f"size, in [0, 1]; got {d.progressive_until}."
+        )
     if cfg.backbone.in_chans < 1:
         raise ConfigError(f"backbone.in_chans must be at least 1, got {cfg.backbone.in_chans}.")
     if cfg.monitor.k < 1:

@@ -41,3 +41,16 @@ def warmup_cosine(
 def momentum(step: float, total: float, base: float = 0.996, end: float = 1.0) -> float:
     """EMA momentum for a teacher: cosine from ``base`` to ``end`` (BYOL, DINO)."""
     return cosine(step, total, base, end)
+
+
+def progressive_size(
+    progress: float, full: int, start: float, until: float, multiple: int = 4
+) -> int:
+    """Progressive resizing (FFCV's ResNet recipes; Touvron et al., "FixRes", NeurIPS 2019,
+    on why a network trained on smaller views does well at full size): a view of ``full``
+    pixels is made ``start`` times as large at the beginning of the budget, growing
+    linearly to full size at fraction ``until`` of it, in steps of ``multiple`` pixels (few
+    distinct shapes). ``progress`` is the fraction of the budget done, in [0, 1]."""
+    frac = linear(progress, until, start, 1.0) if until > 0 else 1.0
+    size = round(full * frac / multiple) * multiple
+    return max(multiple, min(full, size))

@@ -132,6 +132,14 @@ def _data(
             f"(mp4, avi, webm, mkv or frame folders), not {source.name}; or use an image "
             "backbone (resnet18)."
         )
+    if cfg.data.progressive_start is not None and (
+        video or hasattr(method.backbone, "forward_tokens")
+    ):
+        raise ConfigError(
+            "data.progressive_start resizes the image views of convolutional backbones; "
+            f"{'clips' if video else cfg.backbone.name + ' (a ViT: a fixed patch grid)'} are "
+            "trained at full size. Set data.progressive_start to null."
+        )
     if clip_backbone and not method.needs_video:
         # An image method on a video backbone: each of its views becomes a clip.
         frames = int(getattr(method.backbone, "frames"))  # noqa: B009

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from selfsup import dist
+from selfsup import dist, schedules
 from selfsup.config import Config
 from selfsup.methods.base import Method, StepInfo
 from selfsup.runtime import autocast
@@ -48,16 +49,27 @@ class StepRunner:
         self.last_features: torch.Tensor | None = None
         self.tick = time.perf_counter()
 
-    def _views(self, batch: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _size(self, full: int, progress: float) -> int:
+        """A view's side now: ``full``, or smaller early on under progressive resizing."""
+        d = self.cfg.data
+        if d.progressive_start is None:
+            return full
+        return schedules.progressive_size(progress, full, d.progressive_start,
+                                          d.progressive_until)  # fmt: skip
+
+    def _views(self, batch: Any, progress: float) -> tuple[list[torch.Tensor], torch.Tensor]:
         s = self.s
         if s.batched is not None:
             # Each sample's views come from its own seed (run, epoch, position):
             # independent of workers, ranks and resuming.
             canvas, sizes, seeds, labels, skipped = batch
+            out = [self._size(spec.size, progress) for spec in s.batched.specs]
             with torch.no_grad():
-                views = s.batched(canvas.to(s.device, non_blocking=True), sizes, seeds)
+                views = s.batched(canvas.to(s.device, non_blocking=True), sizes, seeds, out)
         else:
             views, labels, skipped = batch
+            if self.cfg.data.progressive_start is not None:
+                views = [self._shrink(v, progress) for v in views]
         self.skipped_files += len(skipped)
         if skipped and self.skipped_file is not None:
             with open(self.skipped_file, "a") as f:
@@ -71,6 +83,16 @@ class StepRunner:
         ]
         return views, labels
 
+    def _shrink(self, view: torch.Tensor, progress: float) -> torch.Tensor:
+        """A per-image view resized to its progressive size (antialiased bilinear)."""
+        h, w = view.shape[-2:]
+        size = (self._size(h, progress), self._size(w, progress))
+        if size == (h, w):
+            return view
+        with torch.no_grad():
+            return F.interpolate(view.float(), size=size, mode="bilinear", antialias=True,
+                                 align_corners=False)  # fmt: skip
+
     def _grad_sync(self, last_micro: bool) -> contextlib.AbstractContextManager[Any]:
         # Reduce gradients across ranks only on the last micro-batch.
         if self.s.ddp is not None and not last_micro:
@@ -80,7 +102,7 @@ class StepRunner:
     def _micro(self, batch: Any, info: StepInfo, last: bool, out: StepResult) -> float:
         """Forward and backward on one micro-batch; its loss (not finite: no backward)."""
         s = self.s
-        views, labels = self._views(batch)
+        views, labels = self._views(batch, info.progress)
         hook = s.features_hook
         if hook is not None:
             hook.reset()

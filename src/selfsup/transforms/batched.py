@@ -392,8 +392,14 @@ class BatchedViews:
         self.specs = list(specs)
 
     def __call__(
-        self, canvas: torch.Tensor, sizes: torch.Tensor, seeds: torch.Tensor
+        self,
+        canvas: torch.Tensor,
+        sizes: torch.Tensor,
+        seeds: torch.Tensor,
+        out_sizes: Sequence[int] | None = None,
     ) -> list[torch.Tensor]:
+        """``out_sizes``: each view's side in pixels instead of its spec's (progressive
+        resizing): the crops are resized straight to it, with the same random boxes."""
         b = canvas.shape[0]
         device = canvas.device
         if seeds.shape != (b,):
@@ -401,15 +407,18 @@ class BatchedViews:
         image = canvas.float().div_(255.0) if canvas.dtype == torch.uint8 else canvas.float()
         sizes = sizes.to(device)
         seeds = seeds.to(device)
-        groups: dict[ViewSpec, list[int]] = {}
+        if out_sizes is not None and len(out_sizes) != len(self.specs):
+            raise ValueError(f"BatchedViews: {len(self.specs)} views but {len(out_sizes)} sizes")
+        groups: dict[tuple[ViewSpec, int], list[int]] = {}
         for i, spec in enumerate(self.specs):
-            groups.setdefault(spec, []).append(i)
+            size = spec.size if out_sizes is None else int(out_sizes[i])
+            groups.setdefault((spec, size), []).append(i)
         views: list[torch.Tensor | None] = [None] * len(self.specs)
-        for spec, positions in groups.items():
+        for (spec, size), positions in groups.items():
             k = len(positions)
             rng = SampleRNG.for_views(seeds, positions)
             boxes = crop_params(sizes.repeat(k, 1), spec.scale, spec.ratio, rng)
-            crops = resized_crops(image, boxes.view(k, b, 4), spec.size)
+            crops = resized_crops(image, boxes.view(k, b, 4), size)
             out = apply_view(crops.reshape(k * b, *crops.shape[2:]).clamp_(0.0, 1.0), spec, rng)
             for j, pos in enumerate(positions):
                 views[pos] = out[j * b : (j + 1) * b]
