@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _cached import cached_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("SELFSUP_DATASETS", ROOT.parent / "shared" / "datasets"))
 VICREG = "configs/vicreg_cifar10.yaml"
@@ -82,19 +84,13 @@ def pretrain(arm: str, seed: int, a: argparse.Namespace) -> tuple[Path, dict[str
 
 def knn(folder: Path, a: argparse.Namespace, random_init: bool = False) -> dict[str, Any]:
     file = folder.parent / f"knn-{folder.name}{'-random' if random_init else ''}.json"
-    if not file.exists() or not file.stat().st_size:
-        cmd = [sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(folder),
-               "--train", str(a.data / "train"), "--test", str(a.data / "test"), "--k", "200",
-               "--temperature", "0.1", "--no-cache", "--json", "--no-progress"]  # fmt: skip
-        cmd += ["--random-init"] if random_init else []
-        cmd += ["--limit-train", str(a.limit_train)] if a.limit_train else []
-        cmd += ["--limit-test", str(a.limit_test)] if a.limit_test else []
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-        file.write_text(done.stdout)
-    result: dict[str, Any] = json.loads(file.read_text())
-    return result
+    cmd = [sys.executable, "-m", "selfsup", "eval", "knn", "--checkpoint", str(folder),
+           "--train", str(a.data / "train"), "--test", str(a.data / "test"), "--k", "200",
+           "--temperature", "0.1", "--no-cache", "--json", "--no-progress"]  # fmt: skip
+    cmd += ["--random-init"] if random_init else []
+    cmd += ["--limit-train", str(a.limit_train)] if a.limit_train else []
+    cmd += ["--limit-test", str(a.limit_test)] if a.limit_test else []
+    return cached_json(cmd, file, ROOT)
 
 
 def seeds_of(arm: str, spec: list[str]) -> list[int]:

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _cached import cached_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("SELFSUP_DATASETS", ROOT.parent / "shared" / "datasets"))
 
@@ -104,16 +106,10 @@ def pretrain(arm: str, out: Path, data: Path, minutes: float, extra: list[str],
 def evaluate(arm: str, out: Path, data: Path, seed: int, random_init: bool) -> dict[str, Any]:
     name = f"eval-{arm}{'-random' if random_init else ''}-seed{seed}.json"
     file = out / name
-    if not file.exists() or not file.stat().st_size:
-        cmd = [sys.executable, "-m", "selfsup", "eval", "video", "--checkpoint", str(out / arm),
-               "--data", str(data), "--folds", "3", "--seed", str(seed), "--json",
-               "--no-progress"] + (["--random-init"] if random_init else [])  # fmt: skip
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-        file.write_text(done.stdout)
-    result: dict[str, Any] = json.loads(file.read_text())
-    return result
+    cmd = [sys.executable, "-m", "selfsup", "eval", "video", "--checkpoint", str(out / arm),
+           "--data", str(data), "--folds", "3", "--seed", str(seed), "--json",
+           "--no-progress"] + (["--random-init"] if random_init else [])  # fmt: skip
+    return cached_json(cmd, file, ROOT)
 
 
 def _label(arm: str, seed: int) -> str:
