@@ -8,6 +8,7 @@ table gives mean and standard deviation over all folds (3 folds x 3 seeds = 9), 
 linear probe, with the run's optimiser steps and clips (or frames) a second.
 
     SELFSUP_DATASETS=../shared/datasets python benchmarks/video.py --out /tmp/video
+    ... --arms rho-simclr --finetune 60     # also fine-tuning, 60 epochs a fold
 
 Runs go to ``<out>/<arm>/`` and each evaluation to ``<out>/eval-<arm>[-random]-seed<S>.json``;
 a rerun skips what is there, so an interrupted benchmark resumes. The budgets are wall
@@ -103,12 +104,18 @@ def pretrain(arm: str, out: Path, data: Path, minutes: float, extra: list[str],
     return result
 
 
-def evaluate(arm: str, out: Path, data: Path, seed: int, random_init: bool) -> dict[str, Any]:
-    name = f"eval-{arm}{'-random' if random_init else ''}-seed{seed}.json"
+def evaluate(arm: str, out: Path, data: Path, seed: int, random_init: bool,
+             finetune: int = 0) -> dict[str, Any]:  # fmt: skip
+    """``selfsup eval video`` of a run (cached); ``finetune`` > 0: also fine-tuning for
+    that many epochs a fold (a separate cache file: the frozen protocols are the same)."""
+    ft = f"-ft{finetune}" if finetune else ""
+    name = f"eval-{arm}{'-random' if random_init else ''}-seed{seed}{ft}.json"
     file = out / name
     cmd = [sys.executable, "-m", "selfsup", "eval", "video", "--checkpoint", str(out / arm),
            "--data", str(data), "--folds", "3", "--seed", str(seed), "--json",
            "--no-progress"] + (["--random-init"] if random_init else [])  # fmt: skip
+    if finetune:
+        cmd += ["--finetune", "--finetune-epochs", str(finetune)]
     return cached_json(cmd, file, ROOT)
 
 
@@ -146,7 +153,11 @@ def main() -> None:
                     help="the arm compared fold by fold with every other run and floor")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="ARM:KEY=VALUE",
                     help="an extra config override for one arm (repeatable)")  # fmt: skip
+    ap.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+                    help="also fine-tune each run and its untrained network on every fold "
+                    "for this many epochs (0: frozen protocols only)")  # fmt: skip
     a = ap.parse_args()
+    protocols = ["knn", "linear"] + (["finetune"] if a.finetune else [])
     a.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
     rows = []
@@ -158,14 +169,14 @@ def main() -> None:
         for t in (int(x) for x in a.train_seeds.split(",")):
             name = run_name(arm, t)
             summary = pretrain(arm, a.out, a.data, a.minutes, extra, t)
-            ssl = [evaluate(name, a.out, a.data, s, False) for s in seeds]
-            floor = [evaluate(name, a.out, a.data, s, True) for s in seeds]
+            ssl = [evaluate(name, a.out, a.data, s, False, a.finetune) for s in seeds]
+            floor = [evaluate(name, a.out, a.data, s, True, a.finetune) for s in seeds]
             state = summary["state"]
             what = _label(arm, t)
             results[what], results[f"{what}: untrained"] = ssl, floor
             rows.append((what, f"{state['step']}", f"{summary['images_per_s']:.1f}",
-                         pooled(ssl, "knn"), pooled(ssl, "linear"), pooled(floor, "knn"),
-                         pooled(floor, "linear")))  # fmt: skip
+                         *[pooled(ssl, p) for p in protocols],
+                         *[pooled(floor, p) for p in protocols]))  # fmt: skip
             print(f"{name}: done", flush=True)
         train_seeds = a.train_seeds.split(",")
         if len(train_seeds) > 1:  # the arm over all its training seeds: folds pooled
@@ -173,12 +184,13 @@ def main() -> None:
             ssl = [e for t in train_seeds for e in results[_label(arm, int(t))]]
             floor = [e for t in train_seeds for e in results[_label(arm, int(t)) + ": untrained"]]
             results[what], results[f"{what}: untrained"] = ssl, floor
-            rows.append((what, "", "", pooled(ssl, "knn"), pooled(ssl, "linear"),
-                         pooled(floor, "knn"), pooled(floor, "linear")))  # fmt: skip
+            rows.append((what, "", "", *[pooled(ssl, p) for p in protocols],
+                         *[pooled(floor, p) for p in protocols]))  # fmt: skip
     print(f"\n{a.data.name}: {a.minutes:g} min a pretext on this machine; mean ± sd over "
           f"{3 * len(seeds)} folds (3-fold CV x fold seeds {a.seeds})\n")  # fmt: skip
-    head = ("pretext", "steps", "samples/s", "kNN", "linear", "kNN untrained",
-            "linear untrained")  # fmt: skip
+    names = {"knn": "kNN", "linear": "linear", "finetune": "fine-tune"}
+    head = ("pretext", "steps", "samples/s", *[names[p] for p in protocols],
+            *[f"{names[p]} untrained" for p in protocols])  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -189,7 +201,8 @@ def main() -> None:
         return
     print(f"\n{ARMS[a.versus][0]} minus each other row of the same training seed(s), fold by "
           "fold (the same splits): mean ± sd of the differences, (wins/ties/losses)\n")  # fmt: skip
-    print("| row | against | kNN | linear |\n|---|---|---|---|")
+    print("| row | against | " + " | ".join(names[p] for p in protocols) + " |\n|---|---|"
+          + "---|" * len(protocols))  # fmt: skip
     for what, evals in results.items():
         if what in refs:
             continue
@@ -197,8 +210,8 @@ def main() -> None:
         ref = next((k for k in refs if k.split(")", 1)[-1] == tail), None)
         if ref is None or len(refs[ref]) != len(evals):
             continue
-        print(f"| {ref} | {what} | {paired(refs[ref], evals, 'knn')} | "
-              f"{paired(refs[ref], evals, 'linear')} |")  # fmt: skip
+        diffs = " | ".join(paired(refs[ref], evals, p) for p in protocols)
+        print(f"| {ref} | {what} | {diffs} |")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,16 @@ def test_eval_video_and_data_check_cli(small_weizmann: Path, tmp_path: Path,
     assert res["videos"] == 6 and res["classes"] == ["bend", "jack"] and res["folds"] == 3
     for key in ("top1_mean", "top1_std", "balanced_mean"):
         assert 0 <= res[key] <= 100 and key in res["knn"]
-    assert res["top1_mean"] == res["linear"]["top1_mean"]
+    assert res["top1_mean"] == res["linear"]["top1_mean"] and "finetune" not in res
+    # Fine-tuning on the same folds, from the command line (one pass a fold: wiring only;
+    # tests/test_video_finetune.py tests that it learns).
+    rc = main(["eval", "video", "--checkpoint", str(run), "--data", str(small_weizmann),
+               "--frames", "4", "--clips", "1", "--folds", "3", "--k", "2", "--json",
+               "--no-progress", "--precision", "fp32", "--finetune", "--finetune-epochs", "1"])  # fmt: skip
+    assert rc == 0
+    ft = json.loads(capsys.readouterr().out)
+    assert ft["knn"] == res["knn"] and ft["linear"] == res["linear"]
+    assert len(ft["finetune"]["folds_top1"]) == 3 and 0 <= ft["finetune"]["top1_mean"] <= 100
     assert (
         main(
             [

@@ -25,7 +25,11 @@ probe (logistic regression) under stratified --folds-fold cross-validation over 
 mean and spread across folds of top-1 and balanced accuracy (percent). Videos: files
 (mp4, avi, webm, mkv, mov; decoded with PyAV) or folders of frames, in class folders
 (<root>/<class>/<video>); unreadable ones are skipped and listed.
---random-init: the same network untrained (the floor)."""
+--random-init: the same network untrained (the floor). --finetune: also fine-tune the
+backbone with a new head on each fold's training videos (a clip from a random moment each
+step, one random crop and flip for all its frames; SGD, cosine decay, the last epoch kept),
+the protocol masked video models are judged by; costly on a CPU (every fold trains the
+whole network)."""
 
 
 def add_eval_parsers(evs: Subparsers) -> None:
@@ -50,20 +54,30 @@ def add_eval_parsers(evs: Subparsers) -> None:
                    help="the run's network untrained: the floor (default: false)")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--precision", default="auto", help="auto, bf16, fp16, fp32 (default: auto)")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune on each fold (default: false)")  # fmt: skip
+    p.add_argument("--finetune-epochs", type=int, default=60,
+                   help="passes over a fold's training videos when fine-tuning "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--finetune-lr", type=float, default=0.05,
+                   help="head learning rate; the pretrained backbone's is a tenth of it, a "
+                   "random-init one's the same (default: %(default)s)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object on stdout (default: false)")
     add_progress_flags(p)
 
 
 def run(a: argparse.Namespace) -> int:
     from selfsup.config import ConfigError
+    from selfsup.tasks.classification import FinetuneConfig
     from selfsup.tasks.video import evaluate_video
 
+    ft = FinetuneConfig(epochs=a.finetune_epochs, lr=a.finetune_lr) if a.finetune else None
     try:
         res = evaluate_video(a.checkpoint, a.data, frames=a.frames, stride=a.stride,
                              n_clips=a.clips, folds=a.folds, k=a.k, seed=a.seed,
                              image_size=a.image_size, random_init=a.random_init,
                              device=a.device, precision=a.precision,
-                             progress=not a.no_progress)  # fmt: skip
+                             progress=not a.no_progress, finetune=ft)  # fmt: skip
     except ValueError as err:
         raise ConfigError(str(err)) from None
     record_eval(a, res)
@@ -71,7 +85,9 @@ def run(a: argparse.Namespace) -> int:
         print(json.dumps(res))
         return 0
     rows = []
-    for name in ("knn", "linear"):
+    for name in ("knn", "linear", "finetune"):
+        if name not in res:
+            continue
         r = res[name]
         rows += [(f"{name}: top-1 (%)", f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}"),
                  (f"{name}: balanced (%)", f"{r['balanced_mean']:.2f} ± {r['balanced_std']:.2f}")]  # fmt: skip

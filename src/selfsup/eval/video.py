@@ -69,7 +69,8 @@ def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return 100 * sum(recalls) / len(recalls)
 
 
-def _summary(top1: list[float], balanced: list[float]) -> dict[str, Any]:
+def summarise(top1: list[float], balanced: list[float]) -> dict[str, Any]:
+    """Mean and spread over folds of top-1 and balanced accuracy, and each fold's top-1."""
     sd = statistics.stdev if len(top1) > 1 else (lambda _: 0.0)
     return {
         "top1_mean": statistics.mean(top1), "top1_std": sd(top1),
@@ -78,17 +79,12 @@ def _summary(top1: list[float], balanced: list[float]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int = 3,
-                   seed: int = 0, k: int = 5, temperature: float = 0.1,
-                   c: float = 1.0) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """kNN and linear-probe accuracy under stratified ``folds``-fold cross-validation
-    (shuffled with ``seed``): ``{"knn": {...}, "linear": {...}}`` with ``top1_mean``,
-    ``top1_std``, ``balanced_mean``, ``balanced_std`` and each fold's top-1."""
+def fold_splits(labels: torch.Tensor, folds: int = 3,
+                seed: int = 0) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """Stratified ``folds``-fold splits of the videos (shuffled with ``seed``): (train,
+    test) index lists, the same for every protocol so they compare fold by fold."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     y = labels.numpy()
     counts = np.bincount(y)
@@ -97,11 +93,25 @@ def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int = 3,
             f"{folds}-fold cross-validation needs at least {folds} videos of every class "
             f"(fewest: {int(counts[counts > 0].min())}); lower --folds"
         )
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    return [(tr.tolist(), te.tolist()) for tr, te in splits]
+
+
+def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int = 3,
+                   seed: int = 0, k: int = 5, temperature: float = 0.1,
+                   c: float = 1.0) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """kNN and linear-probe accuracy under stratified ``folds``-fold cross-validation
+    (shuffled with ``seed``): ``{"knn": {...}, "linear": {...}}`` with ``top1_mean``,
+    ``top1_std``, ``balanced_mean``, ``balanced_std`` and each fold's top-1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = labels.numpy()
     x = torch.nn.functional.normalize(features.float(), dim=1)
     res: dict[str, tuple[list[float], list[float]]] = {"knn": ([], []), "linear": ([], [])}
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x.numpy(), y)
-    for train, test in splits:
-        tr, te = torch.from_numpy(train), torch.from_numpy(test)
+    for train, test in fold_splits(labels, folds, seed):
+        tr, te = torch.tensor(train), torch.tensor(test)
         kk = min(k, len(train))
         scores = knn_scores(x[tr], labels[tr], x[te], k=kk, temperature=temperature,
                             num_classes=int(labels.max()) + 1)  # fmt: skip
@@ -113,4 +123,4 @@ def cross_validate(features: torch.Tensor, labels: torch.Tensor, folds: int = 3,
         pred = torch.from_numpy(clf.predict(x[te].numpy()))
         res["linear"][0].append(float((pred == labels[te]).float().mean() * 100))
         res["linear"][1].append(balanced_accuracy(pred, labels[te]))
-    return {name: _summary(t, b) for name, (t, b) in res.items()}
+    return {name: summarise(t, b) for name, (t, b) in res.items()}

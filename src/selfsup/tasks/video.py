@@ -1,6 +1,7 @@
 """``selfsup eval video``: clip features of a run's backbone on labelled videos, kNN and a
-linear probe under k-fold cross-validation over videos (:mod:`selfsup.eval.video`), beside
-the same network untrained when asked."""
+linear probe under k-fold cross-validation over videos (:mod:`selfsup.eval.video`), and on
+request fine-tuning on the same folds (:mod:`selfsup.tasks.video_finetune`), beside the
+same network untrained when asked."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import torch
 
 from selfsup.data.video import open_videos
-from selfsup.eval.video import clip_features, cross_validate
+from selfsup.eval.video import clip_features, cross_validate, fold_splits, summarise
+from selfsup.tasks.classification import FinetuneConfig
 
 
 def evaluate_video(
@@ -29,13 +31,17 @@ def evaluate_video(
     device: str = "auto",
     precision: str = "auto",
     progress: bool | None = None,
+    finetune: FinetuneConfig | None = None,
 ) -> dict[str, Any]:
     """Cross-validated clip classification of the videos under ``data`` (class folders) by
     the run's backbone (``random_init``: its untrained twin). The top-level ``top1_mean``,
     ``top1_std``, ``balanced_mean`` are the linear probe's; ``knn`` and ``linear`` hold
     both protocols. ``frames`` and ``stride`` default to 8 and 4 for image backbones (frames
     through the backbone one by one, averaged) and to the clips a video backbone was
-    pretrained on (its ``frames``, the method's ``clip_stride``)."""
+    pretrained on (its ``frames``, the method's ``clip_stride``). ``finetune``: also fine-tune
+    the backbone with a new head on each fold's training videos (``finetune`` in the result;
+    the backbone's learning rate is the config's ``backbone_lr_scale`` of the head's, 1 for
+    ``random_init``, as in the image protocols)."""
     from selfsup.progress import progress_bar
     from selfsup.runs import load_run
     from selfsup.runtime import autocast, device_and_precision
@@ -74,9 +80,27 @@ def evaluate_video(
         bar.close()
     labels = torch.tensor(folder.labels)
     res = cross_validate(feats, labels, folds=folds, seed=seed, k=k)
+    if finetune is not None:
+        from dataclasses import replace
+
+        from selfsup.tasks.video_finetune import EvalClips, TrainClips, finetune_fold
+
+        cfg = replace(finetune, device=device, precision=precision)
+        net = loaded.method.feature_extractor()
+        embed_dim = int(loaded.method.backbone.embed_dim)
+        scale = 1.0 if random_init else cfg.backbone_lr_scale
+        top1, balanced = [], []
+        for tr, te in fold_splits(labels, folds, seed):
+            train = TrainClips(folder, tr, frames, stride, size, d.mean, d.std)
+            test = EvalClips(folder, te, frames, stride, n_clips, transform)
+            t, b = finetune_fold(net, embed_dim, len(folder.classes), whole, channels, train,
+                                 test, cfg, scale, progress)  # fmt: skip
+            top1.append(t)
+            balanced.append(b)
+        res["finetune"] = summarise(top1, balanced)
     return {
         **{key: res["linear"][key] for key in ("top1_mean", "top1_std", "balanced_mean")},
-        "knn": res["knn"], "linear": res["linear"], "videos": len(folder),
+        **res, "videos": len(folder),
         "classes": folder.classes, "skipped": folder.skipped, "folds": folds,
         "frames": frames, "stride": stride, "clips": n_clips, "image_size": size,
         "clip_encoder": "video" if whole else "frames, mean-pooled",
