@@ -28,7 +28,12 @@ from torchvision.transforms import v2
 
 from selfsup.data.video import VideoFolder, clip_indices, clip_starts
 from selfsup.eval.video import balanced_accuracy, frame_batch
-from selfsup.tasks.classification import Classifier, FinetuneConfig, _param_groups, loop_config
+from selfsup.tasks.classification import (
+    ClassificationTask,
+    Classifier,
+    FinetuneConfig,
+    loop_config,
+)
 from selfsup.train.supervised import SupervisedLoop
 from selfsup.transforms.base import normalize
 
@@ -57,7 +62,28 @@ class ClipClassifier(Classifier):
         return out
 
 
-class TrainClips(Dataset[tuple[torch.Tensor, int]]):
+class _Clips(Dataset[tuple[torch.Tensor, int]]):
+    """Videos ``indices`` of ``folder``, read as clips of ``frames`` frames ``stride`` apart."""
+
+    def __init__(self, folder: VideoFolder, indices: Sequence[int], frames: int,
+                 stride: int) -> None:  # fmt: skip
+        self.folder, self.indices = folder, list(indices)
+        self.frames, self.stride = frames, stride
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, i: int) -> tuple[torch.Tensor, int, int]:
+        """(the video's frames, the first frame a clip may start at past the last, its label)."""
+        j = self.indices[i]
+        video = self.folder.load(j)
+        return video, (self.frames - 1) * self.stride + 1, self.folder.labels[j]
+
+    def _clip(self, video: torch.Tensor, start: int) -> list[int]:
+        return clip_indices(int(video.shape[0]), start, self.frames, self.stride)
+
+
+class TrainClips(_Clips):
     """One clip a video per item: a random start, and one random resized crop and
     horizontal flip shared by all its frames (torchvision's v2 transforms draw one set of
     parameters for a stacked tensor). Randomness from torch's generator, which the loop
@@ -65,67 +91,51 @@ class TrainClips(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(self, folder: VideoFolder, indices: Sequence[int], frames: int, stride: int,
                  size: int, mean: Sequence[float], std: Sequence[float]) -> None:  # fmt: skip
-        self.folder, self.indices = folder, list(indices)
-        self.frames, self.stride = frames, stride
+        super().__init__(folder, indices, frames, stride)
         self.augment = v2.Compose([
             v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             normalize(mean, std),
         ])  # fmt: skip
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        j = self.indices[i]
-        video = self.folder.load(j)
-        n = int(video.shape[0])
-        start = clip_starts(n, (self.frames - 1) * self.stride + 1, "random")[0]
-        clip = video[clip_indices(n, start, self.frames, self.stride)]
-        return self.augment(clip), self.folder.labels[j]
+        video, span, label = self._read(i)
+        start = clip_starts(int(video.shape[0]), span, "random")[0]
+        return self.augment(video[self._clip(video, start)]), label
 
 
-class EvalClips(Dataset[tuple[torch.Tensor, int]]):
+class EvalClips(_Clips):
     """``n_clips`` evenly spread clips a video, under ``transform`` frame by frame (the
     frozen protocols' clips): items ``((n_clips, T, 3, S, S), label)``."""
 
     def __init__(self, folder: VideoFolder, indices: Sequence[int], frames: int, stride: int,
                  n_clips: int, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:  # fmt: skip
-        self.folder, self.indices = folder, list(indices)
-        self.frames, self.stride, self.n_clips = frames, stride, n_clips
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
+        super().__init__(folder, indices, frames, stride)
+        self.n_clips, self.transform = n_clips, transform
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        j = self.indices[i]
-        video = self.folder.load(j)
-        n = int(video.shape[0])
-        starts = clip_starts(n, (self.frames - 1) * self.stride + 1, "uniform", self.n_clips)
-        clips = [frame_batch(video, self.transform, clip_indices(n, s, self.frames, self.stride))
-                 for s in starts]  # fmt: skip
-        return torch.stack(clips), self.folder.labels[j]
+        video, span, label = self._read(i)
+        starts = clip_starts(int(video.shape[0]), span, "uniform", self.n_clips)
+        clips = [frame_batch(video, self.transform, self._clip(video, s)) for s in starts]
+        return torch.stack(clips), label
 
 
 class ClipTask:
-    """Clip classification for the supervised loop: cross-entropy with label smoothing on
-    training clips; held-out videos scored by their clips' mean probabilities."""
+    """Clip classification for the supervised loop: the image classification task's
+    optimiser groups and label smoothing, on clip batches; held-out videos scored by their
+    clips' mean probabilities."""
 
     def __init__(
         self, model: ClipClassifier, cfg: FinetuneConfig, backbone_lr_scale: float
     ) -> None:
         self.model = model
-        self.cfg = cfg
-        self.backbone_lr_scale = backbone_lr_scale
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return _param_groups(self.model, self.cfg, self.backbone_lr_scale)
+        self.label_smoothing = cfg.label_smoothing
+        self.param_groups = ClassificationTask(model, cfg, backbone_lr_scale).param_groups
 
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = batch
         logits = self.model(x).float()
-        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing), {}
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), {}
 
     def eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor]
