@@ -83,21 +83,15 @@ def evaluate_video(
     if finetune is not None:
         from dataclasses import replace
 
-        from selfsup.tasks.video_finetune import EvalClips, TrainClips, finetune_fold
+        from selfsup.tasks.video_finetune import EvalClips, TrainClips
 
         cfg = replace(finetune, device=device, precision=precision)
-        net = loaded.method.feature_extractor()
-        embed_dim = int(loaded.method.backbone.embed_dim)
+        splits = [(TrainClips(folder, tr, frames, stride, size, d.mean, d.std),
+                   EvalClips(folder, te, frames, stride, n_clips, transform))
+                  for tr, te in fold_splits(labels, folds, seed)]  # fmt: skip
         scale = 1.0 if random_init else cfg.backbone_lr_scale
-        top1, balanced = [], []
-        for tr, te in fold_splits(labels, folds, seed):
-            train = TrainClips(folder, tr, frames, stride, size, d.mean, d.std)
-            test = EvalClips(folder, te, frames, stride, n_clips, transform)
-            t, b = finetune_fold(net, embed_dim, len(folder.classes), whole, channels, train,
-                                 test, cfg, scale, progress)  # fmt: skip
-            top1.append(t)
-            balanced.append(b)
-        res["finetune"] = summarise(top1, balanced)
+        res["finetune"] = _finetune_folds(loaded.method, len(folder.classes), whole, channels,
+                                          splits, cfg, scale, progress)  # fmt: skip
     return {
         **{key: res["linear"][key] for key in ("top1_mean", "top1_std", "balanced_mean")},
         **res, "videos": len(folder),
@@ -107,3 +101,19 @@ def evaluate_video(
         "random_init": random_init, "checkpoint": str(loaded.file), "data": str(data),
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip
+
+
+def _finetune_folds(method: Any, num_classes: int, video: bool, channels: int,
+                    splits: list[Any], cfg: FinetuneConfig, scale: float,
+                    progress: bool | None) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune ``method``'s backbone on each (train, test) split: the folds' summary."""
+    from selfsup.tasks.video_finetune import finetune_fold
+
+    net, embed_dim = method.feature_extractor(), int(method.backbone.embed_dim)
+    top1, balanced = [], []
+    for train, test in splits:
+        t, b = finetune_fold(net, embed_dim, num_classes, video, channels, train, test, cfg,
+                             scale, progress)  # fmt: skip
+        top1.append(t)
+        balanced.append(b)
+    return summarise(top1, balanced)
