@@ -254,3 +254,17 @@ def test_display_undoes_normalisation() -> None:
     assert np.allclose(to_display(x, mean, std), img.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     grey = to_display(x[:, :1], mean[:1], std[:1])
     assert grey.shape == (2, 8, 8, 3) and np.allclose(grey[..., 0], grey[..., 2])
+
+
+def test_cli_knows_every_figure_kind_without_importing_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    from selfsup.cli.viz import KIND_NAMES
+
+    assert tuple(viz.KINDS) == KIND_NAMES
+    # Building every command's parser (what `selfsup --help` does) leaves matplotlib out.
+    code = ("import sys; from selfsup.cli import build_parser; build_parser(); "
+            "print('matplotlib' in sys.modules, 'selfsup.viz' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr

@@ -57,9 +57,14 @@ VIZ_FLAGS: list[tuple[str, str, Any, str]] = [
 ]  # fmt: skip
 
 
-def add_viz_parser(sub: Subparsers) -> None:
-    from selfsup.viz import KINDS
+# The figure kinds of selfsup.viz.KINDS, named here so that building the parser (every
+# command's start-up) does not import selfsup.viz and matplotlib (about a second);
+# tests/test_viz.py checks that the two agree.
+KIND_NAMES = ("embedding-map", "retrieval", "attention", "gradcam", "patch-pca",
+              "reconstruction", "augmentations", "curves", "video-gradcam")  # fmt: skip
 
+
+def add_viz_parser(sub: Subparsers) -> None:
     vz = sub.add_parser(
         "viz", help="draw a figure of a run as PNG: embedding-map, retrieval, attention, ...",
         formatter_class=Formatter, epilog=EPILOG_VIZ,
@@ -67,7 +72,7 @@ def add_viz_parser(sub: Subparsers) -> None:
         "needed). Images are shown with the run's normalisation undone.",
     )  # fmt: skip
     vz.set_defaults(handler=run_viz)
-    vz.add_argument("kind", choices=list(KINDS), metavar="KIND", help="figure: see kinds below")
+    vz.add_argument("kind", choices=KIND_NAMES, metavar="KIND", help="figure: see kinds below")
     vz.add_argument("--checkpoint", required=True, metavar="RUN",
                     help="run folder or checkpoint file (required)")  # fmt: skip
     vz.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write (required)")

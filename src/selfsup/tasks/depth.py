@@ -34,7 +34,6 @@ from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead
 from selfsup.losses.depth import silog_loss
 from selfsup.train.supervised import LoopConfig, SupervisedLoop
 from selfsup.transforms.dense import DepthView
-from selfsup.viz.dense import depth_figure
 
 PROTOCOLS = ("linear", "decoder")
 
@@ -294,6 +293,8 @@ def evaluate_depth(
         folder = Path(save)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.json").write_text(json.dumps(result.as_dict(), indent=2))
+        from selfsup.viz.dense import depth_figure  # matplotlib: only when saving
+
         view = DepthView(cfg.image_size, list(d.mean), list(d.std))
         depth_figure(predict_frames(model, test_folder, view), folder / f"{name}.png",
                      cfg.max_depth)  # fmt: skip

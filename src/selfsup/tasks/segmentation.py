@@ -33,7 +33,6 @@ from selfsup.eval.segmentation import SegConfusion
 from selfsup.heads.dense import DenseModel, FPNDecoder, LinearSegHead, UNetDecoder
 from selfsup.train.supervised import LoopConfig, SupervisedLoop
 from selfsup.transforms.dense import SegEval, SegTrain
-from selfsup.viz.dense import segmentation_figure
 
 PROTOCOLS = ("linear", "finetune")
 DECODERS = ("fpn", "unet")
@@ -374,6 +373,8 @@ def evaluate_segmentation(
         folder = Path(save)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.json").write_text(json.dumps(result.as_dict(), indent=2))
+        from selfsup.viz.dense import segmentation_figure  # matplotlib: only when saving
+
         rows = predict_examples(model, test_folder, cfg.image_size, list(d.mean), list(d.std),
                                 channels)  # fmt: skip
         segmentation_figure(rows, test_folder.num_classes, test_folder.ignore_index,
