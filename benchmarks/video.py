@@ -9,6 +9,7 @@ linear probe, with the run's optimiser steps and clips (or frames) a second.
 
     SELFSUP_DATASETS=../shared/datasets python benchmarks/video.py --out /tmp/video
     ... --arms rho-simclr --finetune 60     # also fine-tuning, 60 epochs a fold
+    ... --arms rho-simclr --finetune 60,180 # fine-tuning at two budgets, both reported
     ... --arms rho-simclr --steps 144       # a fixed number of steps instead of --minutes
 
 ``--steps`` is for a machine slower than the one a time budget was set on (a CPU without
@@ -137,6 +138,19 @@ def evaluate(arm: str, out: Path, data: Path, seed: int, random_init: bool,
     return cached_json(cmd, file, ROOT)
 
 
+def evaluations(arm: str, out: Path, data: Path, seed: int, random_init: bool,
+                budgets: list[int]) -> dict[str, Any]:  # fmt: skip
+    """The frozen protocols (``knn``, ``linear``) and one ``finetune<E>`` entry for each
+    fine-tuning budget of ``E`` epochs, of one fold seed (the same folds throughout)."""
+    if not budgets:
+        return evaluate(arm, out, data, seed, random_init)
+    runs = {e: evaluate(arm, out, data, seed, random_init, e) for e in budgets}
+    first = runs[budgets[0]]
+    return {"knn": first["knn"], "linear": first["linear"]} | {
+        f"finetune{e}": r["finetune"] for e, r in runs.items()
+    }
+
+
 def _label(arm: str, seed: int) -> str:
     return ARMS[arm][0] + (f", training seed {seed}" if seed else "")
 
@@ -174,11 +188,13 @@ def main() -> None:
                     help="the arm compared fold by fold with every other run and floor")  # fmt: skip
     ap.add_argument("--set", action="append", default=[], metavar="ARM:KEY=VALUE",
                     help="an extra config override for one arm (repeatable)")  # fmt: skip
-    ap.add_argument("--finetune", type=int, default=0, metavar="EPOCHS",
+    ap.add_argument("--finetune", default="", metavar="EPOCHS[,EPOCHS...]",
                     help="also fine-tune each run and its untrained network on every fold "
-                    "for this many epochs (0: frozen protocols only)")  # fmt: skip
+                    "for this many epochs; several budgets comma-separated, each reported "
+                    "(none: frozen protocols only)")  # fmt: skip
     a = ap.parse_args()
-    protocols = ["knn", "linear"] + (["finetune"] if a.finetune else [])
+    budgets = [int(e) for e in a.finetune.split(",") if e]
+    protocols = ["knn", "linear"] + [f"finetune{e}" for e in budgets]
     a.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
     rows = []
@@ -190,8 +206,8 @@ def main() -> None:
         for t in (int(x) for x in a.train_seeds.split(",")):
             name = run_name(arm, t)
             summary = pretrain(arm, a.out, a.data, a.minutes, extra, t, a.steps)
-            ssl = [evaluate(name, a.out, a.data, s, False, a.finetune) for s in seeds]
-            floor = [evaluate(name, a.out, a.data, s, True, a.finetune) for s in seeds]
+            ssl = [evaluations(name, a.out, a.data, s, False, budgets) for s in seeds]
+            floor = [evaluations(name, a.out, a.data, s, True, budgets) for s in seeds]
             state = summary["state"]
             what = _label(arm, t)
             results[what], results[f"{what}: untrained"] = ssl, floor
@@ -210,7 +226,8 @@ def main() -> None:
     budget = f"{a.steps} steps" if a.steps else f"{a.minutes:g} min"
     print(f"\n{a.data.name}: {budget} a pretext on this machine; mean ± sd over "
           f"{3 * len(seeds)} folds (3-fold CV x fold seeds {a.seeds})\n")  # fmt: skip
-    names = {"knn": "kNN", "linear": "linear", "finetune": "fine-tune"}
+    names = {"knn": "kNN", "linear": "linear"} | {f"finetune{e}": f"fine-tune {e} ep"
+                                                   for e in budgets}  # fmt: skip
     head = ("pretext", "steps", "samples/s", *[names[p] for p in protocols],
             *[f"{names[p]} untrained" for p in protocols])  # fmt: skip
     print("| " + " | ".join(head) + " |")
