@@ -104,7 +104,8 @@ def seeds_of(arm: str, spec: list[str]) -> list[int]:
 def mean_sd(xs: list[float], fmt: str = "{:.2f}") -> str:
     if len(xs) == 1:
         return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
+    spread = fmt.replace("+", "")  # a spread has no sign
+    return f"{fmt.format(statistics.mean(xs))} ± {spread.format(statistics.stdev(xs))}"
 
 
 def main() -> None:
