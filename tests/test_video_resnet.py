@@ -87,6 +87,50 @@ def test_clip_views_give_one_augmentation_a_clip() -> None:
         views(clips[0])
 
 
+def test_frame_differences_by_hand() -> None:
+    from selfsup.transforms.views import frame_differences
+
+    # Frames 0, 1, 4, 9 (one value each): t+1 minus t-1, one-sided at the two ends.
+    x = torch.tensor([0.0, 1, 4, 9]).view(4, 1, 1, 1).expand(4, 2, 3, 3)
+    d = frame_differences(x)
+    assert d.shape == x.shape
+    assert torch.equal(d[:, 0, 0, 0], torch.tensor([1.0, 4, 8, 5]))
+    # A still clip has no motion, nor has a one-frame clip.
+    still = torch.rand(1, 3, 5, 5).expand(6, 3, 5, 5)
+    assert torch.equal(frame_differences(still), torch.zeros(6, 3, 5, 5))
+    assert torch.equal(frame_differences(x[:1]), torch.zeros(1, 2, 3, 3))
+
+
+def test_clip_views_motion_replaces_a_view_by_its_frame_differences() -> None:
+    from selfsup.transforms.batched import ViewSpec
+    from selfsup.transforms.views import ClipViews, frame_differences, views_from_specs
+
+    spec = ViewSpec(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0.0,
+                    mean=(0.0,) * 3, std=(1.0,) * 3)  # fmt: skip
+    frames = torch.randint(0, 255, (2, 4, 3, 8, 8), dtype=torch.uint8)  # 2 clips, 4 frames
+    plain = ClipViews(views_from_specs([spec, spec]), frames=4, stride=1)
+    a, b = plain(frames)
+    # Probability 1 on the second view: the first is untouched, the second is the motion of
+    # the same augmented clip ((C, T, S, S), so differences run along dimension 1).
+    always = ClipViews(views_from_specs([spec, spec]), frames=4, stride=1, motion=[0, 1])
+    a1, b1 = always(frames)
+    assert torch.equal(a1, a)
+    assert torch.allclose(b1, frame_differences(b.transpose(0, 1)).transpose(0, 1))
+    assert always.motion == [0.0, 1.0] and "motion=[0.0, 1.0]" in repr(always)
+    # Half the time, drawn from torch's seeded generator: the same seed, the same draws.
+    half = ClipViews(views_from_specs([spec, spec]), frames=4, stride=1, motion=[0.0, 0.5])
+
+    def draws(seed: int) -> list[bool]:
+        torch.manual_seed(seed)
+        return [not torch.equal(half(frames)[1], b) for _ in range(40)]
+
+    assert draws(3) == draws(3) and 8 < sum(draws(3)) < 32
+    with pytest.raises(ValueError, match="at most one probability"):
+        ClipViews(views_from_specs([spec, spec]), frames=4, stride=1, motion=[0, 0, 1])
+    with pytest.raises(ValueError, match="at most one probability"):
+        ClipViews(views_from_specs([spec, spec]), frames=4, stride=1, motion=[1.5])
+
+
 def test_clips_of_one_video_start_within_the_gap(tmp_path: Path) -> None:
     from selfsup.data.sources import open_source
     from selfsup.data.video import VideoSource
@@ -131,7 +175,7 @@ def test_image_method_on_a_clip_resnet_from_the_cli(
                  "--steps", "2", "--batch-size", "3", "--image-size", "32", "--workers", "0",
                  "--precision", "fp32", "--no-progress", "monitor.knn=false",
                  "backbone.name=video_resnet18", "backbone.kwargs={frames: 3}",
-                 "data.clip_stride=3", "method.expander_hidden_dim=64",
+                 "data.clip_stride=3", "data.clip_motion=[0,0.5]", "method.expander_hidden_dim=64",
                  "method.expander_output_dim=64"]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["eval", "video", "--checkpoint", str(run), "--data", str(data), "--folds", "3",
@@ -143,6 +187,10 @@ def test_image_method_on_a_clip_resnet_from_the_cli(
     out = make("video-gradcam", run, tmp_path / "cam.png", data=str(data))
     with Image.open(out) as im:
         assert im.size[0] > 200 and im.size[1] > 100
+    with pytest.raises(ConfigError, match=r"data\.clip_motion"):
+        selfsup.pretrain("vicreg", data=str(data), out=tmp_path / "run3", steps=1,
+                         batch_size=3, image_size=32, workers=0, progress=False,
+                         overrides=["data.clip_motion=[0,0.5]"])  # fmt: skip
     images = make_images(tmp_path / "imgs", per_class=4, size=16)
     with pytest.raises(ConfigError, match="learns from clips"):
         selfsup.pretrain("vicreg", data=str(images), out=tmp_path / "run2", steps=1,

@@ -99,6 +99,10 @@ class DataConfig:
     # backbone.kwargs.frames frames this many frames apart (the clips' starts at most
     # video_gap apart). Evaluations of the run feed it clips at this stride too.
     clip_stride: int = 2
+    # With such clips: the chance, view by view (first, second, ...), that a view's clip is
+    # replaced by its frame differences after its augmentation (motion as a view: what
+    # moves, without the still background and clothing; e.g. [0, 0.5]). Empty: never.
+    clip_motion: list[float] = field(default_factory=list)
     # Each image appears this many times an epoch (each time with its own crops): for a
     # small pool of large images (20 fundus photographs, a few slides) whose random crops,
     # not the images, are the samples; an epoch then holds enough batches.
@@ -499,6 +503,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.max_pixels must be positive, got {d.max_pixels}.")
     if d.clip_stride < 1:
         raise ConfigError(f"data.clip_stride must be >= 1, got {d.clip_stride}.")
+    if any(not 0 <= p <= 1 for p in d.clip_motion):
+        raise ConfigError(f"data.clip_motion holds probabilities in [0, 1], got {d.clip_motion}.")
     if d.video_gap < 0:
         raise ConfigError(f"data.video_gap must be >= 0, got {d.video_gap}.")
     if d.shuffle_buffer < 1:

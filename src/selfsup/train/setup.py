@@ -140,10 +140,20 @@ def _data(
             f"{'clips' if video else cfg.backbone.name + ' (a ViT: a fixed patch grid)'} are "
             "trained at full size. Set data.progressive_start to null."
         )
-    if clip_backbone and not method.needs_video:
+    clip_views = clip_backbone and not method.needs_video
+    if cfg.data.clip_motion and (
+        not clip_views or len(cfg.data.clip_motion) > len(transform.transforms)
+    ):
+        raise ConfigError(
+            f"data.clip_motion ({cfg.data.clip_motion}) is a chance a view for an image method "
+            f"on a video backbone (video_resnet18), at most one a view "
+            f"({len(transform.transforms)} here); {method.name} on {cfg.backbone.name} makes "
+            "no clip views: set data.clip_motion to []."
+        )
+    if clip_views:
         # An image method on a video backbone: each of its views becomes a clip.
         frames = int(getattr(method.backbone, "frames"))  # noqa: B009
-        transform = ClipViews(transform, frames, cfg.data.clip_stride)
+        transform = ClipViews(transform, frames, cfg.data.clip_stride, cfg.data.clip_motion)
     on_device = not video and augment_on_device(cfg.data.augment, device, transform.specs)
     workers = default_workers(cfg.data.num_workers)
     cap = BatchedViews(transform.specs).decode_cap() if transform.specs else 0

@@ -265,6 +265,17 @@ def clip_view(cfg: MaskedViewsConfig, image_size: int, mean: Sequence[float],
     return ClipView(spec, frames, stride)
 
 
+def frame_differences(clip: torch.Tensor) -> torch.Tensor:
+    """A clip's motion: ``(T, C, H, W)`` -> the same shape, frame t replaced by frame t + 1
+    minus frame t - 1 (one-sided at the ends, where the clip stops), so a still background
+    becomes zero and what moves keeps its edges. A one-frame clip has no motion: zeros."""
+    if clip.shape[0] < 2:
+        return torch.zeros_like(clip)
+    after = torch.cat([clip[1:], clip[-1:]])
+    before = torch.cat([clip[:1], clip[:-1]])
+    return after - before
+
+
 class ClipViews(MultiView):
     """An image method's views, made of clips for a video backbone (the rho-methods of
     Feichtenhofer et al., "A Large-Scale Study on Unsupervised Spatiotemporal Representation
@@ -273,16 +284,29 @@ class ClipViews(MultiView):
     all its frames (a crop, flip or colour change that flickered from frame to frame would
     be motion the clip does not have). ``(n, T, C, H, W)`` -> ``[(C, T, S, S)] * n``.
 
+    ``motion[k]``: the chance that view k's clip, once augmented, is replaced by its
+    :func:`frame_differences` (motion as a view, after the RGB / motion views of MaCLR,
+    Xiao et al., 2021, and CoCLR's RGB / flow, Han et al., NeurIPS 2020): its positive, a
+    clip in colour, must then be found from what moves alone. Missing entries are 0.
+
     ``clip`` = (frames, stride) and ``clips`` = n tell the data loader to draw n clips of
     the video, their starts at most ``data.video_gap`` frames apart."""
 
-    def __init__(self, views: MultiView, frames: int, stride: int) -> None:
+    def __init__(
+        self, views: MultiView, frames: int, stride: int, motion: Sequence[float] = ()
+    ) -> None:
         if frames < 1 or stride < 1:
             raise ValueError(f"a clip needs frames >= 1 and stride >= 1, got {frames}, {stride}")
+        if len(motion) > len(views.transforms) or any(not 0 <= p <= 1 for p in motion):
+            raise ValueError(
+                f"motion: at most one probability in [0, 1] a view ({len(views.transforms)} "
+                f"views), got {list(motion)}"
+            )
         # No specs: clips are augmented per sample on the CPU, never batched on the device.
         super().__init__(views.transforms)
         self.clip = (frames, stride)
         self.clips = len(self.transforms)
+        self.motion = [float(p) for p in motion] + [0.0] * (self.clips - len(motion))
 
     def __call__(self, clips: torch.Tensor) -> list[torch.Tensor]:
         if clips.ndim != 5 or clips.shape[0] != self.clips:
@@ -290,10 +314,17 @@ class ClipViews(MultiView):
                 f"{self.clips} clips (n, T, C, H, W) expected, got {tuple(clips.shape)}: "
                 "pretrain a video backbone on a folder of videos"
             )
+        out = []
         # torchvision's v2 transforms draw one set of parameters for all leading dimensions.
-        pairs = zip(self.transforms, clips, strict=True)
-        return [t(c).transpose(0, 1).contiguous() for t, c in pairs]
+        for t, c, p in zip(self.transforms, clips, self.motion, strict=True):
+            v = t(c)
+            # The sample's seeded generator (torch's global one in the worker) draws the coin.
+            if p > 0 and float(torch.rand(())) < p:
+                v = frame_differences(v)
+            out.append(v.transpose(0, 1).contiguous())
+        return out
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(t) for t in self.transforms)
-        return f"ClipViews(frames={self.clip[0]}, stride={self.clip[1]},\n  {inner}\n)"
+        motion = f", motion={self.motion}" if any(self.motion) else ""
+        return f"ClipViews(frames={self.clip[0]}, stride={self.clip[1]}{motion},\n  {inner}\n)"
