@@ -73,6 +73,18 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
             "data.video_gap=200",
         ],
     ),
+    "rho-vicreg-motion": (
+        "rho-VICReg + motion view: the second clip as frame differences half the time (video_resnet18)",
+        "configs/vicreg_weizmann.yaml",
+        [
+            "backbone.name=video_resnet18",
+            "backbone.small_stem=false",
+            "method.views.min_scale=0.5",
+            "data.clip_stride=4",
+            "data.video_gap=200",
+            "data.clip_motion=[0,0.5]",
+        ],
+    ),
     "rho-simclr-noshift": (
         "rho-SimCLR on clips, no temporal shift (video_resnet18, shift_div 0)",
         "configs/simclr_clips_weizmann.yaml",
