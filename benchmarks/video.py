@@ -45,6 +45,15 @@ from selfsup.config import parse_duration
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("SELFSUP_DATASETS", ROOT.parent / "shared" / "datasets"))
 
+# The VICReg config on the clip ResNet, as the rho-SimCLR config has it (rho-VICReg).
+RHO_VICREG = [
+    "backbone.name=video_resnet18",
+    "backbone.small_stem=false",
+    "method.views.min_scale=0.5",
+    "data.clip_stride=4",
+    "data.video_gap=200",
+]
+
 # name -> (description, config, overrides)
 ARMS: dict[str, tuple[str, str, list[str]]] = {
     "videomae": (
@@ -65,25 +74,12 @@ ARMS: dict[str, tuple[str, str, list[str]]] = {
     "rho-vicreg": (
         "rho-VICReg on clips (video_resnet18)",
         "configs/vicreg_weizmann.yaml",
-        [
-            "backbone.name=video_resnet18",
-            "backbone.small_stem=false",
-            "method.views.min_scale=0.5",
-            "data.clip_stride=4",
-            "data.video_gap=200",
-        ],
+        RHO_VICREG,
     ),
     "rho-vicreg-motion": (
         "rho-VICReg + motion view: the second clip as frame differences half the time (video_resnet18)",
         "configs/vicreg_weizmann.yaml",
-        [
-            "backbone.name=video_resnet18",
-            "backbone.small_stem=false",
-            "method.views.min_scale=0.5",
-            "data.clip_stride=4",
-            "data.video_gap=200",
-            "data.clip_motion=[0,0.5]",
-        ],
+        [*RHO_VICREG, "data.clip_motion=[0,0.5]"],
     ),
     "rho-simclr-noshift": (
         "rho-SimCLR on clips, no temporal shift (video_resnet18, shift_div 0)",
