@@ -191,6 +191,11 @@ def test_image_method_on_a_clip_resnet_from_the_cli(
         selfsup.pretrain("vicreg", data=str(data), out=tmp_path / "run3", steps=1,
                          batch_size=3, image_size=32, workers=0, progress=False,
                          overrides=["data.clip_motion=[0,0.5]"])  # fmt: skip
+    with pytest.raises(ConfigError, match="makes 2 views"):
+        selfsup.pretrain("vicreg", data=str(data), out=tmp_path / "run4", steps=1,
+                         batch_size=3, image_size=32, workers=0, progress=False,
+                         overrides=["backbone.name=video_resnet18", "backbone.kwargs={frames: 3}",
+                                    "data.clip_motion=[0,0.5,0.5]"])  # fmt: skip
     images = make_images(tmp_path / "imgs", per_class=4, size=16)
     with pytest.raises(ConfigError, match="learns from clips"):
         selfsup.pretrain("vicreg", data=str(images), out=tmp_path / "run2", steps=1,

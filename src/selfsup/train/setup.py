@@ -141,14 +141,16 @@ def _data(
             "trained at full size. Set data.progressive_start to null."
         )
     clip_views = clip_backbone and not method.needs_video
-    if cfg.data.clip_motion and (
-        not clip_views or len(cfg.data.clip_motion) > len(transform.transforms)
-    ):
+    if cfg.data.clip_motion and not clip_views:
         raise ConfigError(
-            f"data.clip_motion ({cfg.data.clip_motion}) is a chance a view for an image method "
-            f"on a video backbone (video_resnet18), at most one a view "
-            f"({len(transform.transforms)} here); {method.name} on {cfg.backbone.name} makes "
+            f"data.clip_motion ({cfg.data.clip_motion}) makes views of clips for an image method "
+            f"on a video backbone (video_resnet18); {method.name} on {cfg.backbone.name} makes "
             "no clip views: set data.clip_motion to []."
+        )
+    if len(cfg.data.clip_motion) > len(transform.transforms):
+        raise ConfigError(
+            f"data.clip_motion ({cfg.data.clip_motion}) holds one chance a view; {method.name} "
+            f"makes {len(transform.transforms)} views: give at most that many."
         )
     if clip_views:
         # An image method on a video backbone: each of its views becomes a clip.
