@@ -139,6 +139,30 @@ def _wandb_records(path: str) -> list[Any]:
     return out
 
 
+def _finished_wandb_file(pattern: str, seconds: float = 60.0) -> tuple[str, list[Any]]:
+    """The one offline file matching ``pattern`` and its records, once wandb has written its
+    last one (``exit``). wandb's service process writes the file on its own: on a loaded
+    machine it can appear, or still be partly written, a moment after run.finish() returns
+    (seen in a full suite: the file held no run record yet)."""
+    from google.protobuf.message import DecodeError
+
+    records: list[Any] = []
+    for _ in range(int(seconds / 0.5)):
+        files = glob.glob(pattern)
+        if len(files) == 1:
+            try:
+                records = _wandb_records(files[0])
+            except (AssertionError, DecodeError, ValueError):  # not yet written in full
+                records = []
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return files[0], records
+        time.sleep(0.5)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    raise AssertionError(
+        f"no finished wandb offline file at {pattern} after {seconds:g} s: {kinds}"
+    )
+
+
 def test_wandb_offline_run_holds_config_metrics_and_model(tiny_folder: Path,
                                                           tmp_path: Path) -> None:  # fmt: skip
     pytest.importorskip("wandb")
@@ -147,14 +171,7 @@ def test_wandb_offline_run_holds_config_metrics_and_model(tiny_folder: Path,
               ["logging.wandb_mode=offline", "logging.wandb_project=tests"])  # fmt: skip
     run_id = json.loads((run / "trackers.json").read_text())["wandb"]["id"]
     pattern = str(run / "wandb" / "offline-run-*" / f"run-{run_id}.wandb")
-    # wandb's service process writes the offline file on its own; on a loaded machine it can
-    # appear a moment after run.finish() returns.
-    for _ in range(60):
-        if glob.glob(pattern):
-            break
-        time.sleep(0.5)
-    (file,) = glob.glob(pattern)
-    records = _wandb_records(file)
+    file, records = _finished_wandb_file(pattern)
     kinds = [r.WhichOneof("record_type") for r in records]
     (meta,) = [r.run for r, k in zip(records, kinds, strict=True) if k == "run"]
     assert meta.run_id == run_id and meta.project == "tests" and meta.display_name == "run"
